@@ -1,8 +1,8 @@
-"""The ``mmrlhf`` command: one typer app with a sub-app per area (data, world, model, train)."""
+"""The ``mmrlhf`` command: one typer app with a sub-app per area."""
 
 import typer
 
-from mmrlhf.cli import data, world
+from mmrlhf.cli import data, model, train, world
 
 app = typer.Typer(
     help="mmrlhf: align vision-language models with human and AI preference feedback.",
@@ -11,3 +11,5 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data", help="Validate, convert, pair and describe preference data.")
 app.add_typer(world.app, name="world", help="The embedded shapes world (procedural scenes).")
+app.add_typer(model.app, name="model", help="Build tiny models, inspect checkpoints.")
+app.add_typer(train.app, name="train", help="Training recipes (sft; reward, dpo, ppo to come).")

@@ -317,3 +317,39 @@ def build_tiny_vlm(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def tokenizer_corpus(
+    world: str | Path | None = None, files: Iterable[str | Path] = ()
+) -> list[str]:
+    """Texts to train a tiny tokenizer on: a world folder's records and vocabulary, plus files.
+
+    JSONL files contribute every query, response and caption of their records; other files
+    contribute their lines. Repeating the vocabulary keeps every world word a single token.
+    """
+    import json
+
+    texts: list[str] = []
+    paths = [Path(f) for f in files]
+    if world is not None:
+        w = Path(world)
+        paths += sorted(w.glob("*.jsonl"))
+        meta = w / "world.json"
+        if meta.exists():
+            vocab = json.loads(meta.read_text()).get("vocabulary", [])
+            texts += [" ".join(vocab)] * 20
+    for p in paths:
+        if p.suffix == ".jsonl":
+            for line in p.read_text().splitlines():
+                if not line.strip():
+                    continue
+                d = json.loads(line)
+                texts += [t.get("text", "") for t in d.get("conversation", [])]
+                texts += [
+                    r.get("text", "") if isinstance(r, dict) else str(r)
+                    for r in d.get("responses", [])
+                ]
+                texts += (d.get("facts") or {}).get("captions", [])
+        else:
+            texts += p.read_text().splitlines()
+    return [t for t in texts if t]
