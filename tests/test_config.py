@@ -1,0 +1,76 @@
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mmrlhf.config import ConfigError, load_config, opt, parse_overrides, sub
+from mmrlhf.training.sft import SFTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Inner:
+    lr: float = opt(1e-3, "learning rate")
+    names: list[str] = opt(["a"], "names")
+
+
+@dataclass
+class Outer:
+    inner: Inner = sub(Inner)
+    steps: int = opt(10, "steps")
+    tag: str | None = opt(None, "optional tag")
+
+    def validate(self) -> list[str]:
+        return ["steps must be positive"] if self.steps <= 0 else []
+
+
+def test_overrides_are_typed_and_nested():
+    assert parse_overrides(["inner.lr=0.5", "steps=3", "inner.names=[x, y]"]) == {
+        "inner": {"lr": 0.5, "names": ["x", "y"]},
+        "steps": 3,
+    }
+    cfg = load_config(Outer, None, ["inner.lr=1", "tag=abc"])
+    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float) and cfg.tag == "abc"
+    assert cfg.inner.names == ["a"] and Outer().inner.names is not cfg.inner.names
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 5\ninner:\n  lr: 0.1\n")
+    cfg = load_config(Outer, f, ["steps=7"])
+    assert (cfg.steps, cfg.inner.lr) == (7, 0.1)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["inner.lrr=1"], "inner.lrr: unknown key; valid keys here: lr, names"),
+        (["steps=abc"], "steps: expected int, got 'abc'"),
+        (["steps=true"], "steps: expected int"),
+        (["steps=0"], "steps must be positive"),
+        (["inner=3"], "inner: expected a section"),
+        (["steps"], "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(Outer, None, overrides)
+
+
+def test_bad_file_is_named(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("inner:\n  lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: inner.lr: expected float"):
+        load_config(Outer, f)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    if path.parent.name == "accelerate":
+        import yaml
+
+        assert yaml.safe_load(path.read_text())["distributed_type"]
+        return
+    cfg = load_config(SFTConfig, path, ["model.path=m", "data.train=t"])
+    assert cfg.train.lr > 0
