@@ -77,6 +77,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept what float() accepts.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}{key}: expected float, got {value!r}") from None
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if tp in (int, float, str, bool) and not (

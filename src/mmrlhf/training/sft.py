@@ -13,6 +13,7 @@ per-micro-batch means would not (micro-batches hold different token counts).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -82,15 +83,26 @@ class SFTConfig:
         return out
 
 
-def load_training_records(path: str, cfg: SFTDataConfig) -> tuple[list[Record], str]:
-    """Records from ``path`` plus the media root their image paths are relative to."""
+def load_training_records(
+    path: str, cfg: SFTDataConfig, report_dir: str | Path | None = None
+) -> tuple[list[Record], str]:
+    """Records from ``path`` plus the media root their image paths are relative to.
+
+    In skip mode bad records are skipped, counted, and the full report is written to
+    ``report_dir/load_report.json``: nothing is dropped silently.
+    """
     from mmrlhf.data.io import load_records
 
     media_root = cfg.media_root or str(Path(path).parent)
     mode = "strict" if cfg.on_bad_record == "error" else "skip"
     records, report = load_records(path, format=cfg.format, media_root=media_root, mode=mode)
-    if report.skipped:
-        log.warning("%s: skipped %d bad records (see the load report)", path, report.skipped)
+    if report.records_bad:
+        where = ""
+        if report_dir is not None:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            where = str(Path(report_dir) / "load_report.json")
+            Path(where).write_text(json.dumps(report.to_dict(), indent=1))
+        log.warning("%s: %s; skipped them (report: %s)", path, report.summary(), where or "-")
     if cfg.limit:
         records = records[: cfg.limit]
     return records, media_root
@@ -172,7 +184,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
 
     # 2. Data: records -> (record, response) items encoded on access; a seeded shuffle per epoch
     #    so that a resumed run sees the same order.
-    records, media_root = load_training_records(cfg.data.train, cfg.data)
+    records, media_root = load_training_records(cfg.data.train, cfg.data, out_dir)
     dataset = SFTDataset(records, processor, media_root, cfg.data)
     if len(dataset) == 0:
         raise ValueError(f"{cfg.data.train}: no training examples")
