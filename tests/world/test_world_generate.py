@@ -160,3 +160,13 @@ def test_2000_scenes_generate_fast(tmp_path: Path) -> None:
     w = generate(tmp_path, n=2000, seed=0)
     assert time.perf_counter() - t0 < 30
     assert len(w.sft) > 6000
+
+
+def test_files_load_with_the_shared_loader(small_world: World) -> None:
+    """Worlds are ordinary datasets: data.io reads them, images resolve, the SFT rules pass."""
+    from mmrlhf.data.io import load_records
+
+    for name, n in (("sft_train.jsonl", len(small_world.sft)), ("eval_test.jsonl", None)):
+        records, report = load_records(small_world.root / name, task="sft")
+        assert report.records_bad == 0 and not report.problems
+        assert n is None or len(records) == n
