@@ -297,6 +297,13 @@ _TEXTURE_KIND = {
 }
 
 
+def _tri(v: np.ndarray, period: float) -> np.ndarray:
+    """Triangle wave in [-1, 1]: a sine stand-in built from +, *, % and abs only, which IEEE
+    arithmetic rounds identically everywhere (numpy's vectorised sin may differ in the last bit
+    between CPUs, and that could flip a pixel after rounding)."""
+    return np.abs(v % period - period / 2) / (period / 4) - 1
+
+
 def _texture(background: str, size: int, seed: int, strength: int) -> np.ndarray:
     """A light, deterministic per-environment pattern (offsets in [-strength, strength]).
 
@@ -305,25 +312,25 @@ def _texture(background: str, size: int, seed: int, strength: int) -> np.ndarray
     colour/background distance checked in :class:`WorldConfig`.
     """
     if strength <= 0:
-        return np.zeros((size, size), dtype=np.float32)
+        return np.zeros((size, size), dtype=np.float64)
     gen = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    phase = float(gen.uniform(0, 2 * np.pi))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    phase = float(gen.integers(0, 12))
     kind = _TEXTURE_KIND.get(background)
     if kind is None:  # a configured environment without a hand-picked pattern
         kind = _TEXTURES[sum(map(ord, background)) % len(_TEXTURES)]
     if kind == "blades":
         t = np.where((xx.astype(int) % 3 == 0) & (gen.random((size, size)) < 0.5), 1.0, -0.3)
     elif kind == "waves":
-        t = np.sin(yy * 0.8 + np.sin(xx * 0.3 + phase) * 1.5)
+        t = _tri(yy + 1.5 * _tri(xx + phase, 12), 8)
     elif kind == "ripples":
-        t = np.sin((xx + yy) * 0.5 + phase)
+        t = _tri(xx + yy + phase, 12)
     elif kind == "speckle":
         t = np.where(gen.random((size, size)) < 0.15, 1.0, 0.0)
     else:
         t = gen.uniform(-1, 1, (size // 4 + 1, size // 4 + 1)).repeat(4, 0).repeat(4, 1)
         t = t[:size, :size]
-    return (t * strength).astype(np.float32)
+    return np.rint(t * strength)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, px: int, fill: tuple) -> None:
@@ -351,7 +358,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, px: int, fill: tupl
 def render_scene(scene: Scene, cfg: WorldConfig) -> Image.Image:
     """Draw the scene as an RGB image of ``cfg.image_size`` pixels."""
     size = scene.image_size
-    base = np.array(cfg.backgrounds[scene.background], dtype=np.float32)
+    base = np.array(cfg.backgrounds[scene.background], dtype=np.float64)
     tex = _texture(scene.background, size, scene.seed or 0, cfg.texture_strength)
     arr = np.clip(base[None, None, :] + tex[:, :, None], 0, 255).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
