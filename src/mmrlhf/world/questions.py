@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -383,8 +384,6 @@ def ask(
 
 def template_words() -> list[str]:
     """All template strings with their placeholders removed (input to the vocabulary)."""
-    import re
-
     return [
         re.sub(r"\{[a-z]+\}", " ", t)
         for fam in TEMPLATES.values()
