@@ -2,7 +2,7 @@
 
 import typer
 
-from mmrlhf.cli import data, model, train, world
+from mmrlhf.cli import data, demo, model, train, world
 
 app = typer.Typer(
     help="mmrlhf: align vision-language models with human and AI preference feedback.",
@@ -13,3 +13,4 @@ app.add_typer(data.app, name="data", help="Validate, convert, pair and describe 
 app.add_typer(world.app, name="world", help="The embedded shapes world (procedural scenes).")
 app.add_typer(model.app, name="model", help="Build tiny models, inspect checkpoints.")
 app.add_typer(train.app, name="train", help="Training recipes (sft; reward, dpo, ppo to come).")
+app.command("demo")(demo.demo)

@@ -22,6 +22,8 @@ def build_tiny(
         None, "--texts", help="Extra text/JSONL files for the tokenizer."
     ),
     image_size: int = typer.Option(72, help="Input image side in pixels (llava)."),
+    patch_size: int = typer.Option(8, help="Vision patch side in pixels (llava)."),
+    vision_hidden: int = typer.Option(64, help="Vision tower width."),
     text_hidden: int = typer.Option(128, help="Language model width."),
     text_layers: int = typer.Option(4, help="Language model depth."),
     vision_layers: int = typer.Option(2, help="Vision tower depth."),
@@ -34,6 +36,8 @@ def build_tiny(
     cfg = TinyVLMConfig(
         arch=arch,
         image_size=image_size,
+        patch_size=patch_size,
+        vision_hidden=vision_hidden,
         text_hidden=text_hidden,
         text_layers=text_layers,
         vision_layers=vision_layers,
