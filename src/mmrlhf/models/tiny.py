@@ -77,10 +77,13 @@ class TinyVLMConfig:
 
     arch: str = field(default="llava", metadata={"help": f"One of {', '.join(ARCHITECTURES)}."})
     image_size: int = field(default=72, metadata={"help": "Square input image side in pixels."})
+    # 24 px patches on the 72 px world image: one image token per grid cell (objects are jittered
+    # but stay inside their cell), 9 image tokens instead of 81 at patch 8. Measured: better
+    # held-out accuracy and ~3x cheaper steps than patch 8 or 12 (docs/results.md).
     patch_size: int = field(
-        default=8, metadata={"help": "Vision patch side (llava); others use 14."}
+        default=24, metadata={"help": "Vision patch side (llava); others use 14."}
     )
-    vision_hidden: int = field(default=64, metadata={"help": "Vision tower width."})
+    vision_hidden: int = field(default=128, metadata={"help": "Vision tower width."})
     vision_layers: int = field(default=2, metadata={"help": "Vision tower depth."})
     text_hidden: int = field(default=128, metadata={"help": "Language model width."})
     text_layers: int = field(default=4, metadata={"help": "Language model depth."})

@@ -40,6 +40,7 @@ class TrainConfig:
     save_every: int = opt(0, "Write a checkpoint every N optimizer steps (0: only at the end).")
     keep_checkpoints: int = opt(2, "How many step checkpoints to keep (oldest removed).")
     num_workers: int = opt(0, "DataLoader worker processes encoding examples.")
+    num_threads: int = opt(0, "torch intra-op threads for compute (0: torch's default).")
     group_by_length: bool = opt(True, "Batch examples of similar length together (less padding).")
     tensorboard: bool = opt(True, "Write TensorBoard event files under output_dir/tb.")
     progress: bool = opt(True, "Show a progress bar.")
