@@ -541,3 +541,13 @@ def writable_pairs(
     """Pairs for formats that have no notion of a tie (TRL, LLaMA-Factory, ms-swift): a tie
     pair written there would read as a real preference, so tie pairs are never written."""
     return [p for p in pairs_for_writing(record, strategy, ties, margin) if not p.is_tie]
+
+
+def export_media(record: Record, out: Path) -> dict[str, Any]:
+    """The ``images`` / ``videos`` path lists that LLaMA-Factory and ms-swift rows carry."""
+    media: dict[str, Any] = {}
+    if record.images:
+        media["images"] = image_paths_for_export(record, out)
+    if record.video is not None:
+        media["videos"] = [record.video.path]
+    return media

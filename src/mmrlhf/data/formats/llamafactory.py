@@ -29,8 +29,8 @@ from mmrlhf.data.formats._common import (
     PairRow,
     ReadResult,
     atomic_write_text,
+    export_media,
     group_pair_rows,
-    image_paths_for_export,
     image_ref,
     iter_json_rows,
     parse_rows,
@@ -97,11 +97,7 @@ def rows_of(record: Record, out: Path, strategy: str, ties: str, margin: str) ->
     if system is not None:
         base["system"] = system
     base["conversations"] = conv
-    media: dict[str, Any] = {}
-    if record.images:
-        media["images"] = image_paths_for_export(record, out)
-    if record.video is not None:
-        media["videos"] = [record.video.path]
+    media = export_media(record, out)
     rows = []
     for p in writable_pairs(record, strategy, ties, margin):
         rows.append(

@@ -26,8 +26,8 @@ from mmrlhf.data.formats._common import (
     VIDEO_TAG,
     PairRow,
     ReadResult,
+    export_media,
     group_pair_rows,
-    image_paths_for_export,
     image_ref,
     iter_json_rows,
     opt_float,
@@ -91,11 +91,7 @@ def rows_of(record: Record, out: Path, strategy: str, ties: str, margin: str) ->
             text = tag + text
             tagged = True
         msgs.append({"role": t.role, "content": text})
-    media: dict[str, Any] = {}
-    if record.images:
-        media["images"] = image_paths_for_export(record, out)
-    if record.video is not None:
-        media["videos"] = [record.video.path]
+    media = export_media(record, out)
     rows = []
     for p in writable_pairs(record, strategy, ties, margin):
         row: dict[str, Any] = {
