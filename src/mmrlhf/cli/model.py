@@ -28,6 +28,9 @@ def build_tiny(
     text_layers: int = typer.Option(4, help="Language model depth."),
     vision_layers: int = typer.Option(2, help="Vision tower depth."),
     seed: int = typer.Option(0, help="Initialisation seed."),
+    question_first: bool = typer.Option(
+        False, help="llava: the chat template puts the question before the image."
+    ),
 ) -> None:
     """Build a tiny randomly initialised VLM of a real transformers architecture."""
     from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm, tokenizer_corpus
@@ -42,6 +45,7 @@ def build_tiny(
         text_layers=text_layers,
         vision_layers=vision_layers,
         seed=seed,
+        question_first=question_first,
     )
     path = build_tiny_vlm(out, corpus, cfg)
     typer.echo(f"saved {arch} tiny VLM to {path}")

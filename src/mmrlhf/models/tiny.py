@@ -40,23 +40,47 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
+
 # Vicuna-style template (LLaVA-1.5). ``{{ '\n' }}`` instead of literal newlines because
 # transformers renders templates with trim_blocks. The prompt ends with "ASSISTANT:" and the
 # completion is " <text></s>", so the prompt is an exact string prefix of the full conversation.
-LLAVA_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ m['content'][0]['text'] if m['content'] is not string else m['content'] }}{{ '\n' }}"
-    "{% elif m['role'] == 'user' %}USER: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{{ '\n' }}"
-    "{% elif c['type'] == 'video' %}<video>{{ '\n' }}"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{{ '\n' }}"
-    "{% elif m['role'] == 'assistant' %}ASSISTANT: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}</s>{{ '\n' }}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+def llava_template(question_first: bool = False) -> str:
+    """The Vicuna-style template of LLaVA-1.5, optionally with the question before the media.
+
+    ``{{ '\\n' }}`` instead of literal newlines because transformers renders templates with
+    trim_blocks. The prompt ends with "ASSISTANT:" and the completion is " <text></s>", so the
+    prompt is an exact string prefix of the full conversation.
+
+    ``question_first`` renders a user turn's text before its images. Why: attention is causal, so
+    with the image first (LLaVA's convention) no image token can see the question, and "is there
+    a red circle?" has to be matched against every image token from the text side; with the
+    question first each image token can check itself against the question and the answer only
+    needs to notice whether any did. Only our tiny models use it; real checkpoints keep their
+    own templates.
+    """
+    media = (
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{{ '\\n' }}"
+        "{% elif c['type'] == 'video' %}<video>{{ '\\n' }}{% endif %}{% endfor %}"
+    )
+    text = "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    user = (text + "{{ '\\n' }}" + media) if question_first else (media + text + "{{ '\\n' }}")
+    return (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}"
+        "{{ m['content'][0]['text'] if m['content'] is not string else m['content'] }}{{ '\\n' }}"
+        "{% elif m['role'] == 'user' %}USER: "
+        "{% if m['content'] is string %}{{ m['content'] }}{{ '\\n' }}{% else %}"
+        + user
+        + "{% endif %}"
+        "{% elif m['role'] == 'assistant' %}ASSISTANT: "
+        "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+        "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}</s>{{ '\\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+LLAVA_TEMPLATE = llava_template()
 
 # ChatML as Qwen2-VL uses it.
 QWEN2_VL_TEMPLATE = (
@@ -91,6 +115,9 @@ class TinyVLMConfig:
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size to train."})
     max_positions: int = field(default=512, metadata={"help": "Maximum sequence length."})
     seed: int = field(default=0, metadata={"help": "Weight initialisation seed."})
+    question_first: bool = field(
+        default=False, metadata={"help": "llava: render the question before the image."}
+    )
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -139,7 +166,7 @@ def _llava(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast) -> tuple[torch.nn.M
         patch_size=cfg.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_TEMPLATE,
+        chat_template=llava_template(cfg.question_first),
     )
     model_cfg = LlavaConfig(
         vision_config=CLIPVisionConfig(
