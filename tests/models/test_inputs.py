@@ -134,3 +134,24 @@ def test_multi_turn_context_is_prompt(tiny_models, circle_data):
     prompt = processor.tokenizer.decode(ex.input_ids[: ex.prompt_length])
     assert "Hello." in prompt and "What color?" in prompt
     assert "Hello." not in processor.tokenizer.decode(ex.input_ids[ex.prompt_length :])
+
+
+def test_question_first_template_orders_text_before_image(tmp_path, circle_data):
+    from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm
+
+    texts = ["What color is the circle?", "The circle is red."] * 20
+    build_tiny_vlm(
+        tmp_path, texts, TinyVLMConfig(question_first=True, text_hidden=32, text_layers=1)
+    )
+    processor = load_processor(tmp_path)
+    ex = encode(_record(circle_data), 0, processor)
+    ids = ex.input_ids.tolist()
+    first_image = ids.index(processor.image_token_id)
+    before = processor.tokenizer.decode(ids[:first_image])
+    assert "What color is the circle?" in before  # the question precedes every image token
+    assert (ex.labels[: ex.prompt_length] == IGNORE_INDEX).all()
+    assert (
+        processor.tokenizer.decode(ex.input_ids[ex.prompt_length :])
+        .strip()
+        .startswith("The circle is red.")
+    )
