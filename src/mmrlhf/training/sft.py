@@ -232,15 +232,19 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
 
     lengths = dataset.approx_lengths()
 
-    def loader_for(epoch: int) -> DataLoader:
+    def loader_for(epoch: int, skip_batches: int = 0) -> DataLoader:
         # Grouping works on whole optimizer steps (batch_size * grad_accum), so a step holds the
         # same examples whatever the accumulation split: accumulation stays exact.
         step_size = tc.batch_size * tc.grad_accum
         order = epoch_order(lengths, step_size, tc.seed * 1000 + epoch, tc.group_by_length)
+        # Every process computes the same seeded order and takes its own stride of it (the
+        # DataLoader is not handed to accelerate, whose sharding would re-shuffle); a resumed run
+        # starts past the consumed batches without encoding them again.
+        order = order[accelerator.process_index :: accelerator.num_processes]
         return DataLoader(
             dataset,
             batch_size=tc.batch_size,
-            sampler=order,
+            sampler=order[skip_batches * tc.batch_size :],
             collate_fn=lambda exs: collate(exs, pad_id),
             num_workers=tc.num_workers,
             persistent_workers=False,
@@ -274,9 +278,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
     t0, tokens_seen = time.time(), 0
     epoch = state["epoch"]
     while state["step"] < total_steps:
-        it = iter(loader_for(epoch))
-        for _ in range(state["micro_in_epoch"]):
-            next(it)  # skip what the interrupted run already consumed (encoding is cheap)
+        it = iter(loader_for(epoch, skip_batches=state["micro_in_epoch"]))
         while state["step"] < total_steps:
             # 5. Take the step's micro-batches; count response tokens over all of them (and all
             #    processes) first, so each micro-batch's loss is normalised by the step's total.
