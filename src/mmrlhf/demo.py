@@ -57,8 +57,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 1. world
     world_dir = out / "world"
     info = world_dir / "world.json"
-    cached = info.exists() and json.loads(info.read_text()).get("seed") == s.seed
-    cached = cached and json.loads(info.read_text()).get("n") == s.n_scenes
+    made = json.loads(info.read_text()) if info.exists() else {}
+    cached = made.get("seed") == s.seed and made.get("n") == s.n_scenes
     _stage(f"1/4 world: {s.n_scenes} scenes, seed {s.seed}", cached)
     t = time.time()
     if not cached:

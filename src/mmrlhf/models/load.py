@@ -127,6 +127,14 @@ def _has_torchvision() -> bool:
     return True
 
 
+def processor_class(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """``cls``, or its image-only form when torchvision is missing and ``cls`` owns a video
+    processor. Both loading (``load_processor``) and building (``models.tiny``) go through this."""
+    if not _has_torchvision() and "video_processor" in cls.get_attributes():
+        return _image_only_processor_class(cls)
+    return cls
+
+
 def load_processor(path: str | Path) -> Any:
     """``AutoProcessor.from_pretrained`` with the image-only fallback described above.
 
@@ -138,13 +146,13 @@ def load_processor(path: str | Path) -> Any:
         json.loads(cfg_file.read_text()).get("processor_class") if cfg_file.exists() else None
     )
     cls = getattr(transformers, cls_name or "", None)
-    if cls is not None and not _has_torchvision() and "video_processor" in cls.get_attributes():
+    if cls is not None and processor_class(cls) is not cls:
         log.warning(
             "torchvision is not installed: loading %s without its video processor "
             "(image inputs work; video inputs need `pip install torchvision`).",
             cls_name,
         )
-        return _image_only_processor_class(cls).from_pretrained(str(path))
+        return processor_class(cls).from_pretrained(str(path))
     processor = AutoProcessor.from_pretrained(str(path))
     if not isinstance(processor, ProcessorMixin):
         raise ValueError(

@@ -22,6 +22,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from mmrlhf.models.load import processor_class
+
 ARCHITECTURES = ("llava", "llava_onevision", "qwen2_vl")
 
 # Special tokens shared by all tiny tokenizers. The Qwen2-VL ones are only used by that
@@ -142,6 +144,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     )
 
 
+def _lm_sizes(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast, kv_heads: int) -> dict:
+    """Language-model size keywords shared by the three architectures' text configs."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=cfg.text_hidden * 2,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def _llava(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, object]:
     from transformers import (
         CLIPVisionConfig,
@@ -178,18 +195,7 @@ def _llava(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast) -> tuple[torch.nn.M
             patch_size=cfg.patch_size,
             projection_dim=cfg.vision_hidden,
         ),
-        text_config=LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_hidden * 2,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads,
-            max_position_embeddings=cfg.max_positions,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
+        text_config=LlamaConfig(**_lm_sizes(cfg, tok, cfg.heads), bos_token_id=tok.bos_token_id),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -216,8 +222,7 @@ def _llava_onevision(
     image_proc = LlavaOnevisionImageProcessorPil(
         size={"height": side, "width": side}, image_grid_pinpoints=pinpoints, do_pad=True
     )
-    processor = _image_only_if_needed(
-        LlavaOnevisionProcessor,
+    processor = processor_class(LlavaOnevisionProcessor)(
         image_processor=image_proc,
         tokenizer=tok,
         num_image_tokens=(side // patch) ** 2,
@@ -234,16 +239,7 @@ def _llava_onevision(
             patch_size=patch,
         ),
         text_config=Qwen2Config(
-            vocab_size=len(tok),
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_hidden * 2,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=max(1, cfg.heads // 2),
-            max_position_embeddings=cfg.max_positions,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
+            **_lm_sizes(cfg, tok, max(1, cfg.heads // 2)), bos_token_id=tok.bos_token_id
         ),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         video_token_id=tok.convert_tokens_to_ids("<video>"),
@@ -269,8 +265,8 @@ def _qwen2_vl(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast) -> tuple[torch.n
     image_proc = Qwen2VLImageProcessorPil(
         min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2
     )
-    processor = _image_only_if_needed(
-        Qwen2VLProcessor, image_processor=image_proc, tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE
+    processor = processor_class(Qwen2VLProcessor)(
+        image_processor=image_proc, tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE
     )
     head_dim = cfg.text_hidden // cfg.heads
     # M-RoPE splits the rotary half-dimension into (temporal, height, width) sections.
@@ -279,20 +275,12 @@ def _qwen2_vl(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast) -> tuple[torch.n
     ids = tok.convert_tokens_to_ids
     model_cfg = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_hidden * 2,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=max(1, cfg.heads // 2),
-            max_position_embeddings=cfg.max_positions,
+            **_lm_sizes(cfg, tok, max(1, cfg.heads // 2)),
             rope_parameters={
                 "rope_type": "default",
                 "mrope_section": sections,
                 "rope_theta": 10000.0,
             },
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
             bos_token_id=None,
         ),
         vision_config=dict(
@@ -311,18 +299,6 @@ def _qwen2_vl(cfg: TinyVLMConfig, tok: PreTrainedTokenizerFast) -> tuple[torch.n
         vision_end_token_id=ids("<|vision_end|>"),
     )
     return Qwen2VLForConditionalGeneration(model_cfg), processor
-
-
-def _image_only_if_needed(cls: type, **kwargs: object) -> object:
-    """Build a processor; without torchvision (no video processor) build its image-only form."""
-    from mmrlhf.models.load import _image_only_processor_class
-
-    try:
-        import torchvision  # noqa: F401
-
-        return cls(**kwargs)
-    except ImportError:
-        return _image_only_processor_class(cls)(**kwargs)
 
 
 def build_tiny_vlm(
