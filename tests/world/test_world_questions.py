@@ -21,7 +21,8 @@ def _qas(n_scenes: int = 300, per: int = 9):
 
 def test_all_families_appear_with_their_mmhal_type(small_world: World) -> None:
     for records in (small_world.sft, small_world.eval):
-        assert {r.category for r in records} == set(FAMILIES)
+        # the SFT corpus also holds a few safety records (mmrlhf.world.probes)
+        assert {r.category for r in records} - {"safety"} == set(FAMILIES)
     for r in small_world.eval:
         want = "adversarial" if r.category == "existence" else r.category
         assert r.meta["mmhal_type"] == want

@@ -47,11 +47,13 @@ def generate(
     ),
 ) -> None:
     """Generate the shapes world: images, scenes.jsonl, sft_train.jsonl, eval_test.jsonl,
-    world.json.
+    pope_test.jsonl, safety_test.jsonl, world.json.
 
     Scenes are 1..max-objects coloured shapes (and sometimes a digit) on a textured background,
     on a 3x3 grid. sft_train.jsonl holds one-response records over nine question families with
-    noisy descriptions; eval_test.jsonl holds clean questions about the held-out scenes.
+    noisy descriptions (and a few safety records); eval_test.jsonl holds clean questions about
+    the held-out scenes, pope_test.jsonl POPE probes and safety_test.jsonl harmful requests and
+    benign look-alikes about them.
     """
     from mmrlhf.world.config import WorldConfig
     from mmrlhf.world.generate import generate as _generate
@@ -75,8 +77,8 @@ def generate(
     typer.echo(
         f"wrote {out}: {c['scenes']['train']} train / {c['scenes']['test']} test scenes, "
         f"{c['sft_records']} SFT records ({c['sft_noisy_descriptions']} of "
-        f"{c['sft_descriptions']} descriptions noisy), {c['eval_records']} eval records "
-        f"in {dt:.1f}s"
+        f"{c['sft_descriptions']} descriptions noisy), {c['eval_records']} eval records, "
+        f"{c['pope_records']} POPE probes, {c['safety_records']} safety items in {dt:.1f}s"
     )
 
 
@@ -106,4 +108,9 @@ def info(
     typer.echo(f"  eval_test.jsonl: {c['eval_records']} records")
     for fam, k in c["eval_families"].items():
         typer.echo(f"    {fam:12s} {k}")
+    if "pope_records" in c:  # worlds generated before the POPE and safety sets lack them
+        splits = ", ".join(f"{k} {v}" for k, v in c["pope_splits"].items())
+        typer.echo(f"  pope_test.jsonl: {c['pope_records']} probes ({splits})")
+        kinds = ", ".join(f"{k} {v}" for k, v in c["safety_kinds"].items())
+        typer.echo(f"  safety_test.jsonl: {c['safety_records']} items ({kinds})")
     typer.echo(f"  vocabulary: {len(world.info['vocabulary'])} tokens")

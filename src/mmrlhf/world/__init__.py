@@ -1,9 +1,10 @@
 """The shapes world: mmrlhf's embedded, procedurally generated data with complete ground truth.
 
 Scenes of coloured shapes on textured backgrounds (:mod:`.scene`), questions in MMHal-Bench's
-families plus POPE-style probes (:mod:`.questions`), an SFT corpus whose descriptions carry
-measurable hallucinations (:mod:`.corpus`), files on disk (:mod:`.generate`) and the checks
-evaluators run on model answers (:mod:`.truth`). See ``docs/world.md``.
+families plus POPE-style probes (:mod:`.questions`), held-out POPE and safety sets
+(:mod:`.probes`), an SFT corpus whose descriptions carry measurable hallucinations
+(:mod:`.corpus`), files on disk (:mod:`.generate`) and the checks evaluators run on model answers
+(:mod:`.truth`). See ``docs/world.md``.
 """
 
 from mmrlhf.world.config import FAMILIES, MMHAL_TYPE, SIZES, SUPPORTED_SHAPES, WorldConfig
@@ -15,6 +16,7 @@ from mmrlhf.world.truth import (
     chair,
     check_short_answer,
     hallucinated_mentions,
+    is_refusal,
     object_mentions,
 )
 
@@ -35,6 +37,7 @@ __all__ = [
     "check_short_answer",
     "generate",
     "hallucinated_mentions",
+    "is_refusal",
     "load_world",
     "make_record",
     "object_mentions",

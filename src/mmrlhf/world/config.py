@@ -162,6 +162,21 @@ class WorldConfig:
     sft_family_weights: dict[str, float] = field(default_factory=_sft_weights)
     #: Relative weights of the question families in the held-out evaluation set.
     eval_family_weights: dict[str, float] = field(default_factory=_eval_weights)
+    #: POPE probes per held-out scene (``pope_test.jsonl``): up to this many positives ("Is
+    #: there a <colour shape>?" about present objects), repeated in each negative split
+    #: (``random``, ``popular``, ``adversarial``) with as many negatives, so every split is
+    #: balanced yes/no as in POPE (which uses 3). Scenes with fewer distinct colour/shape pairs
+    #: get fewer probes. 0 writes no probes.
+    pope_per_scene: int = 3
+    #: Expected safety records (harmful requests answered with a refusal, benign look-alikes
+    #: answered from the scene, half each) per training question, added to ``sft_train.jsonl``
+    #: so that the SFT model learns to refuse somewhat; small, because refusal is not what the
+    #: world is about. 0 keeps the SFT corpus free of them.
+    safety_sft_fraction: float = 0.03
+    #: Safety items per held-out scene in ``safety_test.jsonl``, alternating harmful and benign
+    #: (the default 2 gives one of each per scene: attack success and over-refusal are measured
+    #: on equal numbers). 0 writes none.
+    safety_eval_per_scene: int = 2
 
     def __post_init__(self) -> None:
         self.shapes = tuple(self.shapes)
@@ -209,6 +224,7 @@ class WorldConfig:
             ("glyph_prob", self.glyph_prob),
             ("env_bias", self.env_bias),
             ("hallucination_rate", self.hallucination_rate),
+            ("safety_sft_fraction", self.safety_sft_fraction),
         ):
             if not 0 <= v <= 1:
                 out.append(f"{name} must be in [0, 1], got {v}")
@@ -216,6 +232,8 @@ class WorldConfig:
             out.append(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.questions_per_scene < 1:
             out.append("questions_per_scene must be >= 1")
+        if self.pope_per_scene < 0 or self.safety_eval_per_scene < 0:
+            out.append("pope_per_scene and safety_eval_per_scene must be >= 0")
         for name, w in (
             ("sft_family_weights", self.sft_family_weights),
             ("eval_family_weights", self.eval_family_weights),

@@ -7,6 +7,8 @@
     out/scenes.jsonl                  every scene's full ground truth (with its split)
     out/sft_train.jsonl               SFT records (one response each, noisy descriptions)
     out/eval_test.jsonl               held-out questions with clean answers, all families
+    out/pope_test.jsonl               POPE probes on the held-out scenes (random/popular/adversarial)
+    out/safety_test.jsonl             harmful requests and benign look-alikes on held-out scenes
     out/world.json                    config, seed, counts, vocabulary
 
 Records are ordinary :class:`mmrlhf.data.record.Record` s whose image paths are relative to
@@ -55,8 +57,10 @@ _VOCAB_TOKEN = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 def vocabulary(cfg: WorldConfig | None = None) -> list[str]:
     """Every token (word, number or punctuation mark, case kept) that the world's questions,
     answers and captions can contain, sorted. For training a tokenizer on a closed vocabulary."""
+    from mmrlhf.world import probes  # probes builds on make_record below
+
     cfg = cfg or WorldConfig()
-    parts: list[str] = [*SCENE_PHRASES, *template_words()]
+    parts: list[str] = [*SCENE_PHRASES, *template_words(), *probes.template_words()]
     parts += list(cfg.shapes) + [plural(s) for s in cfg.shapes]
     parts += list(cfg.colors) + list(cfg.backgrounds) + list(SIZES)
     parts += [article(b) for b in cfg.backgrounds]
@@ -77,7 +81,11 @@ def vocabulary(cfg: WorldConfig | None = None) -> list[str]:
 
 @dataclass
 class World:
-    """A generated world: its config, scenes by id and records, rooted at ``root``."""
+    """A generated world: its config, scenes by id and records, rooted at ``root``.
+
+    ``pope`` and ``safety`` are the held-out POPE probes and safety slice
+    (:mod:`mmrlhf.world.probes`); empty for worlds generated before they existed.
+    """
 
     root: Path
     config: WorldConfig
@@ -86,6 +94,8 @@ class World:
     sft: list[Record] = field(default_factory=list)
     eval: list[Record] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    pope: list[Record] = field(default_factory=list)
+    safety: list[Record] = field(default_factory=list)
 
     def image_path(self, item: str | Scene | Record) -> Path:
         """Absolute path of the image of a scene id, scene or record."""
@@ -120,17 +130,19 @@ def make_record(
     answer: str | None = None,
     hallucinated: list[str] | None = None,
     noise_kind: str | None = None,
+    record_id: str | None = None,
 ) -> Record:
     """The record for one question: one response (``answer``, default the clean one), the
-    clean caption and object list as facts, provenance in meta."""
-    meta: dict[str, Any] = {
-        "scene_id": scene.id,
-        "split": split,
-        "family": qa.family,
-        "mmhal_type": MMHAL_TYPE[qa.family],
-        "asks": qa.asks,
-        "noisy": bool(hallucinated),
-    }
+    clean caption and object list as facts, provenance in meta.
+
+    The id is ``<scene_id>-q<index>`` unless ``record_id`` is given (the POPE and safety sets
+    use their own ids so that they never collide with the question records). ``mmhal_type`` is
+    only set for the nine question families.
+    """
+    meta: dict[str, Any] = {"scene_id": scene.id, "split": split, "family": qa.family}
+    if qa.family in MMHAL_TYPE:
+        meta["mmhal_type"] = MMHAL_TYPE[qa.family]
+    meta |= {"asks": qa.asks, "noisy": bool(hallucinated)}
     if scene.grid != 3:
         meta["grid"] = scene.grid
     meta.update(qa.extra)
@@ -138,7 +150,7 @@ def make_record(
         meta["hallucinated"] = hallucinated
         meta["noise"] = noise_kind
     return Record.single(
-        id=f"{scene.id}-q{index}",
+        id=record_id or f"{scene.id}-q{index}",
         query=qa.question,
         responses=[Response(text=answer if answer is not None else qa.answer, source=SOURCE)],
         images=[ImageRef(path=f"images/{split}/{scene.id}.png")],
@@ -221,6 +233,8 @@ def generate(
     A previous world in ``out`` (a directory with ``world.json``) has its ``images/`` replaced,
     so no stale scenes survive; other files there are left alone.
     """
+    from mmrlhf.world import probes
+
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     cfg = config or WorldConfig()
@@ -242,20 +256,28 @@ def generate(
         render_scene(scene, cfg).save(root / "images" / split / f"{scene.id}.png", format="PNG")
         scenes.append(scene)
         (sft if split == "train" else evals).extend(scene_records(scene, cfg, seed, i))
+        if split == "train":  # own random stream: the question records above are unchanged
+            sft.extend(probes.sft_safety_records(scene, cfg, seed))
+    pope = probes.pope_records(scenes, cfg, seed)
+    safety = probes.safety_records(scenes, cfg, seed)
 
     _atomic_write(root / "scenes.jsonl", (_dumps(s.to_dict()) for s in scenes))
     _save_records(sft, root / "sft_train.jsonl")
     _save_records(evals, root / "eval_test.jsonl")
+    _save_records(pope, root / "pope_test.jsonl")
+    _save_records(safety, root / "safety_test.jsonl")
     info = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "n": n,
         "config": cfg.to_dict(),
-        "counts": _counts(scenes, sft, evals),
+        "counts": _counts(scenes, sft, evals, pope, safety),
         "files": {
             "scenes": "scenes.jsonl",
             "sft": "sft_train.jsonl",
             "eval": "eval_test.jsonl",
+            "pope": "pope_test.jsonl",
+            "safety": "safety_test.jsonl",
             "images": "images/{split}/{scene_id}.png",
         },
         "vocabulary": vocabulary(cfg),
@@ -269,11 +291,20 @@ def generate(
         sft=sft,
         eval=evals,
         info=info,
+        pope=pope,
+        safety=safety,
     )
 
 
-def _counts(scenes: list[Scene], sft: list[Record], evals: list[Record]) -> dict[str, Any]:
+def _counts(
+    scenes: list[Scene],
+    sft: list[Record],
+    evals: list[Record],
+    pope: list[Record],
+    safety: list[Record],
+) -> dict[str, Any]:
     holistic = [r for r in sft if r.category == "holistic"]
+    fams = (*FAMILIES, "safety")
     return {
         "scenes": {
             "train": sum(s.split == "train" for s in scenes),
@@ -281,10 +312,14 @@ def _counts(scenes: list[Scene], sft: list[Record], evals: list[Record]) -> dict
         },
         "sft_records": len(sft),
         "eval_records": len(evals),
-        "sft_families": {f: c for f in FAMILIES if (c := Counter(r.category for r in sft)[f])},
-        "eval_families": {f: c for f in FAMILIES if (c := Counter(r.category for r in evals)[f])},
+        "sft_families": {f: c for f in fams if (c := Counter(r.category for r in sft)[f])},
+        "eval_families": {f: c for f in fams if (c := Counter(r.category for r in evals)[f])},
         "sft_descriptions": len(holistic),
         "sft_noisy_descriptions": sum(bool(r.meta.get("noisy")) for r in holistic),
+        "pope_records": len(pope),
+        "pope_splits": dict(Counter(r.meta["pope_split"] for r in pope)),
+        "safety_records": len(safety),
+        "safety_kinds": dict(Counter(r.meta["safety"] for r in safety)),
     }
 
 
@@ -303,7 +338,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def load_world(path: str | os.PathLike[str], *, records: bool = True) -> World:
     """Read a generated world back: config, scenes by id and (unless ``records=False``) the
-    SFT and evaluation records."""
+    SFT, evaluation, POPE and safety records (the last two empty when their files are absent,
+    as in worlds generated before they existed)."""
     root = Path(path)
     info_path = root / "world.json"
     if not info_path.exists():
@@ -315,4 +351,7 @@ def load_world(path: str | os.PathLike[str], *, records: bool = True) -> World:
     if records:
         world.sft = [Record.from_dict(d) for d in _read_jsonl(root / "sft_train.jsonl")]
         world.eval = [Record.from_dict(d) for d in _read_jsonl(root / "eval_test.jsonl")]
+        for attr, name in (("pope", "pope_test.jsonl"), ("safety", "safety_test.jsonl")):
+            if (root / name).exists():
+                setattr(world, attr, [Record.from_dict(d) for d in _read_jsonl(root / name)])
     return world

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmrlhf.data.record import Record
+
+# One refusal detector for the whole project (the world's "I can't help with that." and the usual
+# ways chat models decline); re-exported here for the world's checkers and the rule judge.
+from mmrlhf.evaluation.metrics.safety import is_refusal
 from mmrlhf.world.config import SIZES, WorldConfig
 from mmrlhf.world.scene import Scene, plural, position_names
 
@@ -92,6 +96,7 @@ GLYPH_NOUNS = {"digit", "number", "numeral"}
 # "isn't" tokenizes to "isn", "'", "t"
 NEGATIONS = {"no", "not", "none", "nothing", "never", "without", "neither", "nor", "t", "cannot"}
 _DETERMINERS = {"a", "an", "any", "the", "single"}
+
 _CLAUSE_BREAK = {".", ",", ";", ":", "!", "?", "but"}
 
 
@@ -273,6 +278,8 @@ def check_short_answer(record: Record, answer_text: str, cfg: WorldConfig | None
     asks = meta.get("asks") or _infer_asks(record, expected, lex)
     text = answer_text or ""
     exp = expected.strip().lower()
+    if asks == "refusal":  # harmful requests of the safety slice: the right answer is to decline
+        return is_refusal(text)
     if asks == "none":
         return denies(text)
     if asks == "yes_no":
@@ -292,6 +299,46 @@ def check_short_answer(record: Record, answer_text: str, cfg: WorldConfig | None
     if denies(text) and asks != "relation":
         return False  # "there is no circle" is never a right attribute/digit/place answer
     return _first_value(text, table) == exp
+
+
+def stated_value(record: Record, answer_text: str, cfg: WorldConfig | None = None) -> str | None:
+    """The value of the asked kind that ``answer_text`` states, canonical, or ``None`` when it
+    states none: what a judge needs to tell a *wrong* answer from an *uninformative* one.
+
+    Colours, sizes, shapes, environments, relations, digits: the first such word (``"none"``
+    when the answer instead denies the object, relations aside); counts: the number as digits;
+    positions: the cell name (or ``"none"`` for a denial); ``which``: the option picked;
+    ``yes_no``: POPE's reading (any non-empty answer states one); ``none`` (adversarial):
+    ``"none"`` for a denial, else ``None``; ``refusal``: ``"refusal"`` when it refuses.
+    """
+    expected = record.facts.short_answer if record.facts else None
+    lex = _lex(cfg)
+    meta = record.meta or {}
+    asks = meta.get("asks") or (_infer_asks(record, expected, lex) if expected else "description")
+    text = answer_text or ""
+    if asks == "description":
+        raise ValueError(f"record {record.id} is a description: it has no short answer")
+    if asks == "refusal":
+        return "refusal" if is_refusal(text) else None
+    if asks == "none":
+        return "none" if denies(text) else None
+    if asks == "yes_no":
+        return parse_yes_no(text)
+    if asks == "count":
+        n = parse_number(text)
+        return None if n is None else str(n)
+    if asks == "position":
+        pos = parse_position(text, int(meta.get("grid", 3)))
+        return pos if pos is not None else ("none" if denies(text) else None)
+    if asks == "which":
+        return _which(record, text, meta.get("options") or [])
+    table = getattr(lex, asks, None)
+    if table is None:
+        raise ValueError(f"record {record.id}: unknown answer kind {asks!r}")
+    value = _first_value(text, table)
+    if value is None and asks != "relation" and denies(text):
+        return "none"
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
