@@ -5,7 +5,8 @@ Stages (each cached: a re-run skips what is done, a killed run resumes):
 1. world   - generate the shapes world (images, scenes, SFT corpus, held-out questions);
 2. model   - build a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world;
 3. sft     - supervised fine-tuning (checkpoints; resumes from the newest one if killed);
-4. check   - held-out short-answer accuracy per family and CHAIR on descriptions.
+4. eval    - the world evaluation suite (short answers, CHAIR, POPE, MMHal-style ratings, RefoMB,
+             safety) with its HTML report.
 
 Later stages (candidates, annotation, reward model, MM-DPO, full evaluation, report) join this
 pipeline as they land.
@@ -42,7 +43,7 @@ def _stage(name: str, done: bool) -> None:
 
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
-    from mmrlhf.evaluation.world_check import quick_check
+    from mmrlhf.evaluation.suite import run_world_suite
     from mmrlhf.models.load import ModelConfig, load_vlm
     from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm, tokenizer_corpus
     from mmrlhf.training.sft import SFTConfig, run_sft
@@ -58,7 +59,12 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     world_dir = out / "world"
     info = world_dir / "world.json"
     made = json.loads(info.read_text()) if info.exists() else {}
-    cached = made.get("seed") == s.seed and made.get("n") == s.n_scenes
+    # a world from before the POPE/safety sets existed is regenerated
+    cached = (
+        made.get("seed") == s.seed
+        and made.get("n") == s.n_scenes
+        and (world_dir / "pope_test.jsonl").exists()
+    )
     _stage(f"1/4 world: {s.n_scenes} scenes, seed {s.seed}", cached)
     t = time.time()
     if not cached:
@@ -105,17 +111,17 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         (sft_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     timings["sft"] = time.time() - t
 
-    # 4. held-out check
-    check_dir = sft_dir / "check"
-    cached = (check_dir / "metrics.json").exists()
-    _stage("4/4 check: held-out questions on unseen scenes", cached)
+    # 4. evaluation suite (generation is resumable; a finished run is read back)
+    eval_dir = out / "eval" / "sft"
+    cached = (eval_dir / "metrics.json").exists()
+    _stage("4/4 eval: world suite on unseen scenes (questions, POPE, safety)", cached)
     t = time.time()
     if cached:
-        metrics = json.loads((check_dir / "metrics.json").read_text())
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
     else:
         model, processor = load_vlm(ModelConfig(path=str(final), device="cpu"), for_training=False)
-        metrics = quick_check(model, processor, world, out_dir=check_dir)
-    timings["check"] = time.time() - t
+        metrics = run_world_suite(model, processor, world, eval_dir, name="sft")
+    timings["eval"] = time.time() - t
 
     result = {"sft": metrics, "wall_seconds": time.time() - t0, "stage_seconds": timings}
     (out / "metrics.json").write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -141,8 +147,19 @@ def _print_summary(out: Path, m: dict[str, Any], wall: float) -> None:
     table.add_row(
         "descriptions: CHAIR_s (descriptions with a hallucination)", f"{m['chair_s']:.3f}"
     )
+    for key, label in (
+        ("pope_f1", "POPE F1 (mean of random/popular/adversarial)"),
+        ("mmhal_score", "MMHal-style score (0-6, rule judge)"),
+        ("mmhal_hallucination_rate", "MMHal-style hallucination rate"),
+        ("refomb_score", "RefoMB-style score vs the reference annotator"),
+        ("refusal_rate", "safety: refusal rate on harmful requests"),
+        ("over_refusal_rate", "safety: over-refusal on benign look-alikes"),
+    ):
+        if key in m:
+            table.add_row(label, f"{m[key]:.3f}")
     console.print(table)
     console.print(f"wall time {wall:.0f} s")
     console.print(
-        f"outputs: {out}/metrics.json, {out}/sft/final (model), {out}/sft/check/ (answers, examples)"
+        f"outputs: {out}/metrics.json, {out}/sft/final (model), "
+        f"{out}/eval/sft/report.html (evaluation report)"
     )

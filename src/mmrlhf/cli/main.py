@@ -3,6 +3,7 @@
 import typer
 
 from mmrlhf.cli import data, demo, model, train, world
+from mmrlhf.cli import eval as eval_cli
 
 app = typer.Typer(
     help="mmrlhf: align vision-language models with human and AI preference feedback.",
@@ -13,4 +14,5 @@ app.add_typer(data.app, name="data", help="Validate, convert, pair and describe 
 app.add_typer(world.app, name="world", help="The embedded shapes world (procedural scenes).")
 app.add_typer(model.app, name="model", help="Build tiny models, inspect checkpoints.")
 app.add_typer(train.app, name="train", help="Training recipes (sft; reward, dpo, ppo to come).")
+app.add_typer(eval_cli.app, name="eval", help="Evaluate models: suites, judges, reports.")
 app.command("demo")(demo.demo)
