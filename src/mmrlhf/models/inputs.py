@@ -52,6 +52,12 @@ class Example:
         return int((self.labels != IGNORE_INDEX).sum())
 
 
+def load_media(record: Record, media_root: str | Path | None = None) -> tuple[list[Any], list[Any]]:
+    """The record's images and video frames (PIL), loaded once; pass them to :func:`encode` as
+    ``images=`` when encoding several responses of one record."""
+    return _images_for(record, media_root)
+
+
 def _images_for(record: Record, media_root: str | Path | None) -> tuple[list[Any], list[Any]]:
     """Load the record's images and video frames (PIL), raising RecordError on failure."""
     from mmrlhf.data.media import MediaError, load_image, sample_video_frames
