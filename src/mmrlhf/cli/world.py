@@ -6,8 +6,13 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from mmrlhf.data.record import Record
+    from mmrlhf.world.generate import World
 
 app = typer.Typer(help="world commands", no_args_is_help=True)
 
@@ -114,3 +119,153 @@ def info(
         kinds = ", ".join(f"{k} {v}" for k, v in c["safety_kinds"].items())
         typer.echo(f"  safety_test.jsonl: {c['safety_records']} items ({kinds})")
     typer.echo(f"  vocabulary: {len(world.info['vocabulary'])} tokens")
+
+
+@app.command()
+def annotate(
+    world_dir: Path = typer.Option(..., "--world", help="A generated world directory."),
+    split: str = typer.Option(
+        "train",
+        "--split",
+        help="train: the SFT questions (training preference data, default file "
+        "annotated_train.jsonl); test: the held-out questions and safety items (the reward "
+        "bench, default file rewardbench_test.jsonl).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output JSONL (default: inside the world directory, see --split)."
+    ),
+    n_queries: int | None = typer.Option(
+        None, "--n-queries", min=1, help="Annotate a seeded sample of this many queries."
+    ),
+    k: int = typer.Option(4, "--k", min=2, help="Candidate responses per query."),
+    noise: float | None = typer.Option(
+        None,
+        "--noise",
+        min=0.0,
+        max=1.0,
+        help="Annotator noise: probability of moving each score by +-1 and of swapping two "
+        "adjacent ranks (default 0.1 for train, 0 for test).",
+    ),
+    annotators: int = typer.Option(
+        3,
+        "--annotators",
+        min=1,
+        help="Simulated annotators per query (the first one's labels "
+        "go on the record, all of them into meta.annotators).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice."),
+    no_truth: bool = typer.Option(
+        False, "--no-truth", help="Do not force the reference answer into every query."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Optional model directory: its samples join the candidates."
+    ),
+    temperatures: str = typer.Option(
+        "0.7,1.0", "--temperatures", help="Comma-separated sampling temperatures for --model."
+    ),
+    samples_per_temperature: int = typer.Option(
+        1, "--samples-per-temperature", min=1, help="Samples per query and temperature."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Generation batch size."),
+    max_new_tokens: int = typer.Option(
+        96, "--max-new-tokens", min=1, help="Longest model sample, in tokens."
+    ),
+) -> None:
+    """Build MM-RLHF-style fine-grained preference data for a world: K candidates per query
+    (truth, controlled corruptions, optional model samples), scored 1-5 on helpfulness,
+    faithfulness and ethics with reasons, ranked with ties, with critiques; prints counts,
+    pair counts and annotator agreement."""
+    import os
+    from collections import Counter
+
+    from mmrlhf.data.io import save_records
+    from mmrlhf.data.pairs import derive_pairs
+    from mmrlhf.world.annotate import (
+        AnnotateConfig,
+        agreement_stats,
+        annotate_records,
+        annotation_queries,
+    )
+    from mmrlhf.world.generate import load_world
+
+    if split not in ("train", "test"):
+        raise typer.BadParameter(f"--split must be train or test, got {split!r}")
+    try:
+        world = load_world(world_dir)
+    except FileNotFoundError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    if noise is None:
+        noise = 0.1 if split == "train" else 0.0
+    try:
+        cfg = AnnotateConfig(
+            k=k, noise=noise, annotators=annotators, seed=seed, include_truth=not no_truth
+        )
+        temps = [float(t) for t in temperatures.split(",") if t.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    t0 = time.perf_counter()
+    queries = annotation_queries(world, split, n_queries, seed)
+    model_answers = None
+    if model is not None:
+        model_answers = _model_samples(
+            model, world, queries, temps, samples_per_temperature, seed, batch_size, max_new_tokens
+        )
+    records = annotate_records(queries, world, cfg, model_answers)
+    dt = time.perf_counter() - t0
+    default = "annotated_train.jsonl" if split == "train" else "rewardbench_test.jsonl"
+    out = out or world.root / default
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.parent.resolve() != world.root.resolve():  # keep image paths valid from out's folder
+        for r in records:
+            for im in r.images:
+                if im.path and not os.path.isabs(im.path):
+                    im.path = os.path.relpath(world.root / im.path, out.parent)
+    save_records(records, out, format="jsonl")
+    pairs = [p for r in records for p in derive_pairs(r, ties="keep")]
+    ties = sum(p.is_tie for p in pairs)
+    typer.echo(
+        f"wrote {out}: {len(records)} records ({len(queries) - len(records)} of "
+        f"{len(queries)} queries dropped: no pair), "
+        f"{sum(r.k for r in records)} responses, {len(pairs) - ties} pairs (+{ties} tie "
+        f"pairs) in {dt:.1f}s"
+    )
+    cats = Counter(r.category for r in records)
+    typer.echo("  categories: " + ", ".join(f"{c} {n}" for c, n in sorted(cats.items())))
+    srcs = Counter(x.source for r in records for x in r.responses)
+    typer.echo("  sources: " + ", ".join(f"{s} {n}" for s, n in srcs.most_common()))
+    stats = agreement_stats(records)
+    typer.echo("  agreement: " + json.dumps(stats))
+
+
+def _model_samples(
+    path: str,
+    world: World,
+    queries: list[Record],
+    temps: list[float],
+    samples: int,
+    seed: int,
+    batch_size: int,
+    max_new_tokens: int,
+) -> dict[str, list[tuple[str, str]]]:
+    """Sampled answers of a model, ``{record id: [("model@T", text), ...]}`` (seeded)."""
+    from mmrlhf.evaluation.generate import generate_answers
+    from mmrlhf.models.load import ModelConfig, load_vlm
+
+    vlm, processor = load_vlm(ModelConfig(path=path), for_training=False)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for t in temps:
+        for s in range(samples):
+            answers = generate_answers(
+                vlm,
+                processor,
+                queries,
+                media_root=world.root,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                temperature=t,
+                seed=seed * 1000 + s,
+            )
+            for rid, text in answers.items():
+                out.setdefault(rid, []).append((f"model@{t:g}", text))
+    return out

@@ -1,0 +1,253 @@
+"""Fine-grained preference data for the shapes world (mmrlhf.world.annotate)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmrlhf.cli.main import app
+from mmrlhf.data import derive_pairs, load_records
+from mmrlhf.evaluation.judges.rule import RuleJudge
+from mmrlhf.world import World, check_short_answer, is_refusal
+from mmrlhf.world.annotate import (
+    CORRUPTIONS,
+    AnnotateConfig,
+    agreement_stats,
+    annotate_records,
+    annotation_queries,
+    bench_category,
+    candidate_pool,
+    fleiss_kappa,
+    judge_response,
+    kendall_tau_b,
+    padding,
+    reward_bench,
+    truth_text,
+)
+from mmrlhf.world.truth import stated_value
+
+runner = CliRunner()
+WRONG = ("wrong_count", "wrong_color", "wrong_shape", "wrong_position", "wrong_value")
+
+
+def _queries(world: World) -> list:
+    return annotation_queries(world, "train", 250, seed=1) + annotation_queries(world, "test")
+
+
+@pytest.fixture(scope="module")
+def clean(small_world: World) -> list:
+    return annotate_records(_queries(small_world), small_world, AnnotateConfig(noise=0.0))
+
+
+def test_corruptions_are_wrong_per_ground_truth(small_world: World) -> None:
+    judge = RuleJudge(small_world.config)
+    seen: set[str] = set()
+    for rec in _queries(small_world):
+        scene = small_world.scene(rec)
+        truth = truth_text(rec, scene)
+        short = rec.facts.short_answer is not None and rec.meta.get("safety") != "harmful"
+        for src, text in candidate_pool(rec, scene, small_world.config, random.Random(0)):
+            seen.add(src)
+            a = judge.assess(rec.query, text, scene, rec, reference=truth)
+            if src == "truth":
+                assert a.violations == 0 and a.rating >= 5, (rec.id, text)
+                if short:
+                    assert check_short_answer(rec, text, small_world.config)
+            elif src in WRONG:
+                assert a.violations >= 1, (rec.id, src, text)
+                if short:
+                    assert not check_short_answer(rec, text, small_world.config), (rec.id, text)
+            elif src == "absent_object":
+                # asserts something the scene lacks: a fabricated mention, or a wrong "yes"
+                assert a.hallucinated or (short and a.stated and not a.correct), (rec.id, text)
+            elif src == "unsafe_compliance":
+                assert rec.meta["safety"] == "harmful" and not is_refusal(text)
+            elif src == "verbose":
+                assert a.violations == 0 and padding(text, a.kind) >= 2, (rec.id, text)
+                if short:
+                    assert check_short_answer(rec, text, small_world.config), (rec.id, text)
+            elif src == "refusal":
+                assert is_refusal(text) and rec.meta.get("safety") != "harmful"
+            elif src == "incomplete":
+                assert a.violations == 0 and a.recall is not None and a.recall < 1
+    assert seen == {"truth", *CORRUPTIONS}
+
+
+def test_noise_free_annotator_is_correct(small_world: World, clean: list) -> None:
+    judge = RuleJudge(small_world.config)
+    assert len(clean) > 300
+    for rec in clean:
+        assert rec.ranking is not None and rec.ranking.problems(rec.k) == []
+        assert 2 <= rec.k <= 4 and len(rec.ranking.groups) >= 2
+        assert len({r.text for r in rec.responses}) == rec.k
+        rank = rec.ranking.rank_of()
+        (ti,) = [i for i, r in enumerate(rec.responses) if r.source == "truth"]
+        truth = rec.responses[ti]
+        assert rank[ti] == 0, rec.id
+        assert [truth.helpfulness.value, truth.faithfulness.value, truth.ethics.value] == [5] * 3
+        scene = small_world.scene(rec)
+        for i, r in enumerate(rec.responses):
+            for s in r.scores().values():
+                assert 1 <= s.value <= 5 and s.reason
+            assert r.critique and r.critique.count(". ") + 1 >= 2
+            if r.source in WRONG or r.source == "absent_object":
+                assert r.faithfulness.value < 5 and rank[i] > 0
+            if r.source == "unsafe_compliance":
+                assert r.ethics.value <= 2 and rank[i] == len(rec.ranking.groups) - 1
+            if r.source == "verbose":
+                assert r.helpfulness.value < truth.helpfulness.value
+                assert r.faithfulness.value == 5
+            if r.source == "refusal":
+                assert r.helpfulness.value <= 2 and r.faithfulness.value == 5
+            # the critique names what is wrong: every hallucinated mention, the wrong value
+            a = judge.assess(rec.query, r.text, scene, rec, reference=truth.text)
+            for h in a.hallucinated:
+                assert h in r.critique and h in r.faithfulness.reason, (h, r.critique)
+            if a.kind == "short" and a.stated and not a.correct:
+                v = stated_value(rec, r.text, small_world.config)
+                if v is None or v == "none":  # e.g. an answer about an absent object: quoted
+                    v = r.text.split(". ")[0].rstrip(".")
+                assert v in r.critique and v in r.faithfulness.reason, (v, r.critique)
+        assert rec.category == bench_category(rec)
+        assert rec.meta["family"] and len(rec.meta["annotators"]) == 3
+
+
+def test_ranking_follows_the_rule(clean: list) -> None:
+    for rec in clean:
+        keys = [(r.ethics.value, r.faithfulness.value, r.helpfulness.value) for r in rec.responses]
+        for g, h in zip(rec.ranking.groups, rec.ranking.groups[1:], strict=False):
+            assert len({keys[i] for i in g}) == 1
+            assert keys[g[0]] > keys[h[0]]
+        assert rec.ranking.reason.startswith("Ranked by ethics")
+
+
+def test_deterministic_by_seed(small_world: World) -> None:
+    qs = _queries(small_world)[:80]
+    cfg = AnnotateConfig(noise=0.2, seed=3)
+    a = [r.to_dict() for r in annotate_records(qs, small_world, cfg)]
+    b = [r.to_dict() for r in annotate_records(qs, small_world, AnnotateConfig(noise=0.2, seed=3))]
+    c = [r.to_dict() for r in annotate_records(qs, small_world, AnnotateConfig(noise=0.2, seed=4))]
+    assert a == b and a != c
+
+
+def test_noise_lowers_agreement(small_world: World, clean: list) -> None:
+    stats = agreement_stats(clean)
+    assert stats["records"] == len(clean) and stats["annotators"] == 3
+    assert stats["pair_agreement"] == 1.0 and stats["kendall_tau"] == 1.0
+    assert all(v == 1.0 for v in stats["score_agreement"].values())
+    assert all(v == 1.0 for v in stats["fleiss_kappa"].values())
+
+    noisy = annotate_records(_queries(small_world), small_world, AnnotateConfig(noise=0.3))
+    assert [r.id for r in noisy] == [r.id for r in clean]  # same queries and candidates
+    changed = sum(
+        x.to_dict()["responses"] != y.to_dict()["responses"] or x.ranking.groups != y.ranking.groups
+        for x, y in zip(clean, noisy, strict=True)
+    )
+    assert changed > len(clean) // 4
+    ns = agreement_stats(noisy)
+    assert ns["pair_agreement"] < 1.0 and ns["kendall_tau"] < 1.0
+    assert all(v < 1.0 for v in ns["score_agreement"].values())
+    assert 0 < ns["fleiss_kappa"]["faithfulness"] < 1.0
+    for r in noisy:  # noisy labels stay on the scale and the rankings stay valid
+        assert r.ranking.problems(r.k) == []
+        assert all(1 <= s.value <= 5 for x in r.responses for s in x.scores().values())
+
+
+def test_reward_bench(small_world: World) -> None:
+    bench = reward_bench(small_world, AnnotateConfig(noise=0.5))  # the bench forces noise 0
+    assert bench and agreement_stats(bench)["pair_agreement"] == 1.0
+    assert {r.category for r in bench} <= {"short", "long", "safety", "existence"}
+    assert {"short", "long", "safety"} <= {r.category for r in bench}
+    for r in bench:
+        assert small_world.scene(r).split == "test" and r.meta["family"]
+        assert any(not p.is_tie for p in derive_pairs(r))
+
+
+def test_model_answers_join_the_candidates(small_world: World) -> None:
+    qs = [q for q in _queries(small_world) if q.meta.get("safety") != "harmful"][:40]
+    fake = {q.id: [("model@0.7", "I do not know."), ("model@1", "Purple.")] for q in qs}
+    weights = {"model": 100.0, "verbose": 1.0}
+    cfg = AnnotateConfig(k=3, weights=weights)
+    recs = annotate_records(qs, small_world, cfg, model_answers=fake)
+    assert recs
+    judge = RuleJudge(small_world.config)
+    for rec in recs:
+        srcs = [r.source for r in rec.responses]
+        assert "truth" in srcs and "model@0.7" in srcs
+        rank = rec.ranking.rank_of()
+        ti = srcs.index("truth")
+        for i, r in enumerate(rec.responses):
+            if r.source == "model@0.7":  # no claim: faithful but unhelpful, below the truth
+                assert r.faithfulness.value == 5 and r.helpfulness.value <= 2
+                assert rank[i] > rank[ti]
+            if r.source == "model@1":  # graded from the text like any answer
+                scene = small_world.scene(rec)
+                a = judge.assess(rec.query, r.text, scene, rec, reference=rec.responses[ti].text)
+                j = judge_response(rec, r.text, scene, judge)
+                assert (r.faithfulness.value == 5) == (a.violations == 0)
+                assert j.key == (r.ethics.value, r.faithfulness.value, r.helpfulness.value)
+
+
+def test_config_and_helpers() -> None:
+    with pytest.raises(ValueError):
+        AnnotateConfig(k=1)
+    with pytest.raises(ValueError):
+        AnnotateConfig(noise=1.5)
+    with pytest.raises(ValueError):
+        AnnotateConfig(weights={"verbose": -1.0})
+    assert kendall_tau_b([0, 1, 2], [0, 1, 2]) == 1.0
+    assert kendall_tau_b([0, 1, 2], [2, 1, 0]) == -1.0
+    assert kendall_tau_b([0, 0], [0, 0]) is None
+    assert fleiss_kappa([{5: 3}, {4: 3}]) == 1.0
+    assert fleiss_kappa([{5: 2, 4: 1}, {4: 2, 5: 1}]) < 0.5
+    assert padding("The circle is red.", "short") == 0
+    assert padding("The circle is red. I hope this helps. I hope this helps.", "short") == 2
+
+
+def test_cli_round_trip(world_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "bench.jsonl"
+    args = ["world", "annotate", "--world", str(world_dir), "--split", "test", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--n-queries", "40", "--k", "4", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "pairs" in res.output and "agreement" in res.output and "categories" in res.output
+    # image paths were rewritten relative to the output folder, so media checks pass
+    recs, rep = load_records(out, task="preference")
+    assert rep.records_bad == 0 and 0 < len(recs) <= 40
+    assert all(any(not p.is_tie for p in derive_pairs(r)) for r in recs)
+    res = runner.invoke(app, ["data", "validate", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["data", "stats", str(out)])
+    assert res.exit_code == 0 and "truth" in res.output
+
+    out2 = tmp_path / "train.jsonl"
+    args = ["world", "annotate", "--world", str(world_dir), "--out", str(out2)]
+    res = runner.invoke(app, [*args, "--n-queries", "30", "--noise", "0.3", "--annotators", "4"])
+    assert res.exit_code == 0, res.output
+    recs, _ = load_records(out2, task="preference")
+    assert all(len(r.meta["annotators"]) == 4 for r in recs)
+    assert agreement_stats(recs)["pair_agreement"] < 1.0
+
+    res = runner.invoke(app, [*args, "--split", "dev"])
+    assert res.exit_code != 0
+
+
+def test_cli_help_documents_every_option() -> None:
+    res = runner.invoke(app, ["world", "annotate", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for opt in (
+        "--world",
+        "--split",
+        "--out",
+        "--n-queries",
+        "--k",
+        "--noise",
+        "--annotators",
+        "--seed",
+        "--model",
+        "--temperatures",
+        "--samples-per-temperature",
+    ):
+        assert opt in res.output
