@@ -73,7 +73,11 @@ def test_negative_delta_is_floored_and_single_pair_has_no_nan() -> None:
         w=0.5,
     )
     loss.backward()
-    assert math.isfinite(float(loss)) and torch.isfinite(pol.grad).all() and m["beta/min"] == pytest.approx(0.01)
+    assert (
+        math.isfinite(float(loss))
+        and torch.isfinite(pol.grad).all()
+        and m["beta/min"] == pytest.approx(0.01)
+    )
 
 
 def test_nll_term_uses_chosen_responses() -> None:

@@ -65,7 +65,9 @@ def _cfg(tiny_models, data, out, *extra):
 
 def test_dpo_learns_and_reuses_the_reference_cache(tiny_models, circle_data, tmp_path):
     data = _prefs(circle_data, tmp_path / "prefs.jsonl")
-    a = run_dpo(_cfg(tiny_models, data, tmp_path / "a", "train.max_steps=9", "loss.w=0.5", "train.lr=5e-3"))
+    a = run_dpo(
+        _cfg(tiny_models, data, tmp_path / "a", "train.max_steps=9", "loss.w=0.5", "train.lr=5e-3")
+    )
     # 12 queries x 3 responses, all computed once for the reference in the first epoch
     assert a["ref_computed"] == 36 and a["shared_prefix"]
     assert a["data"]["pairs"] == 24  # 2 pairs per query (ties skipped)
@@ -74,7 +76,9 @@ def test_dpo_learns_and_reuses_the_reference_cache(tiny_models, circle_data, tmp
     assert first["loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
     assert a["history"][-1]["loss"] < first["loss"] and a["history"][-1]["rewards/accuracies"] > 0.5
     # a second run with the same data and reference model computes no reference forward
-    b = run_dpo(_cfg(tiny_models, data, tmp_path / "b", "train.max_steps=9", "loss.w=0.5", "train.lr=5e-3"))
+    b = run_dpo(
+        _cfg(tiny_models, data, tmp_path / "b", "train.max_steps=9", "loss.w=0.5", "train.lr=5e-3")
+    )
     assert b["ref_computed"] == 0
     torch.testing.assert_close(torch.tensor(b["losses"]), torch.tensor(a["losses"]))
 

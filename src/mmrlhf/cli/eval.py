@@ -385,3 +385,77 @@ def score_rewardbench_cmd(
         m = score_rewardbench(data, scores)
     _echo_all(m)
     _write(out, m)
+
+
+def _default_rewardbench() -> Path:
+    """``$MMRLHF_BENCHMARKS/mm_rlhf_reward_bench.jsonl``, else the shared benchmark folder next to
+    a source checkout (``<checkout>/../shared/data/benchmarks``)."""
+    import os
+
+    root = os.environ.get("MMRLHF_BENCHMARKS")
+    folder = Path(root) if root else Path(__file__).resolve().parents[4] / "shared/data/benchmarks"
+    path = folder / "mm_rlhf_reward_bench.jsonl"
+    if not path.exists():
+        _fail(f"{path}: not found; pass --data (or set MMRLHF_BENCHMARKS)")
+    return path
+
+
+@app.command("rewardbench")
+def rewardbench_cmd(
+    rm: Path = typer.Option(..., "--rm", help="Reward model folder (mmrlhf train rm's final/)."),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Reward bench pair file or preference records (default: the shared "
+        "mm_rlhf_reward_bench.jsonl).",
+    ),
+    media_root: Path = typer.Option(
+        None, "--media-root", help="Folder image paths are relative to (default: DATA's folder)."
+    ),
+    mode: str = typer.Option(
+        None, "--mode", help="Critique RM: generate (default), sample, given or none."
+    ),
+    samples: int = typer.Option(4, "--samples", min=1, help="Critiques per response (sample)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Responses per forward."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest critique."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    out: Path = typer.Option(None, "--out", help="Folder for metrics.json and scored.jsonl."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Score a reward bench with a reward model: Acc and Acc+ overall and per category."""
+    from mmrlhf.data.io import load_records
+    from mmrlhf.evaluation.metrics.rewardbench import rewardbench_metrics, rows_from_records
+    from mmrlhf.models.reward import RewardModel
+    from mmrlhf.reward.score import score_records
+
+    if data is None:
+        data = _default_rewardbench()
+    logging.basicConfig(level=logging.WARNING)
+    with _clear_errors():
+        # Strict: a missing image is an error naming the file (the shared bench ships no images;
+        # give --media-root where they are).
+        records, _ = load_records(data, media_root=media_root, mode="strict")
+        model = RewardModel.from_pretrained(rm, device=device)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        scored = score_records(
+            model,
+            model.processor,
+            records,
+            mode=mode,
+            n_samples=samples,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            media_root=media_root or data.parent,
+            out_path=out / "scored.jsonl" if out is not None else None,
+            progress=progress,
+        )
+        m = rewardbench_metrics(rows_from_records(scored))
+    typer.echo(f"  {'category':28s} {'acc':>7s} {'acc+':>7s} {'pairs':>6s}")
+    cats = ["all"] + sorted(k.split("/", 1)[1] for k in m if k.startswith("acc/"))
+    for c in cats:
+        sfx = "" if c == "all" else f"/{c}"
+        typer.echo(
+            f"  {c:28s} {m['acc' + sfx]:7.4f} {m['acc_plus' + sfx]:7.4f} {m['n_pairs' + sfx]:6d}"
+        )
+    _write(out, m)

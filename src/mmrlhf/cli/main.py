@@ -2,7 +2,7 @@
 
 import typer
 
-from mmrlhf.cli import data, demo, model, train, world
+from mmrlhf.cli import data, demo, model, reward, train, world
 from mmrlhf.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -15,4 +15,5 @@ app.add_typer(world.app, name="world", help="The embedded shapes world (procedur
 app.add_typer(model.app, name="model", help="Build tiny models, inspect checkpoints.")
 app.add_typer(train.app, name="train", help="Training recipes (sft; reward, dpo, ppo to come).")
 app.add_typer(eval_cli.app, name="eval", help="Evaluate models: suites, judges, reports.")
+app.add_typer(reward.app, name="reward", help="Score preference data with a reward model.")
 app.command("demo")(demo.demo)

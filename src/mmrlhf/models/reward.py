@@ -1,0 +1,419 @@
+"""Reward models on a vision-language backbone: scalar, factually augmented and critique-based.
+
+A :class:`RewardModel` is a loaded VLM (``*ForConditionalGeneration``) plus a :class:`RewardHead`
+that maps the last layer's hidden state at the last non-padding token to one number
+(METHODS.md section 4). The three types differ only in what the sequence holds:
+
+- ``scalar``: ``[user: question (+image)] [assistant: response]``;
+- ``fact`` (LLaVA-RLHF): the same, but the user turn also carries the record's facts (captions,
+  short answer, objects, rationale) under a sentence saying the response must be fully supported
+  by them;
+- ``critique`` (MM-RLHF): ``[user: question (+image)] [assistant: response] [user: critique
+  request] [assistant: critique]``; the critique tokens are the labelled response (LM loss), and
+  the score is read at the end of the critique.
+
+All three are built as ordinary :class:`~mmrlhf.data.record.Record` s with multi-turn
+conversations and go through :func:`mmrlhf.models.inputs.encode`, so image-token checks, chat
+templates and label masking stay in one place.
+
+Cost: the backbone is run as ``vlm.model(...)`` (the base model without ``lm_head``), so the
+``[B, T, V]`` vocabulary logits the full ``forward`` would compute are never built; only the
+critique type applies ``lm_head``, and only to the hidden states of labelled (critique) tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmrlhf.config import opt, sub
+from mmrlhf.data.record import Record, RecordError, Turn
+from mmrlhf.models.inputs import IGNORE_INDEX, Example, encode, load_media
+
+log = logging.getLogger(__name__)
+
+RM_TYPES = ("scalar", "fact", "critique")
+HEAD_KINDS = ("mm_rlhf", "linear")
+HEAD_FILE = "reward_head.safetensors"
+CONFIG_FILE = "reward_config.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass
+class RewardTemplates:
+    """Texts that turn a record into a reward-model prompt (saved with the model)."""
+
+    facts_intro: str = opt(
+        "The response must be fully supported by these facts about the image; anything they do "
+        "not support is a hallucination.",
+        "fact RM: sentence introducing the facts in the user turn (LLaVA-RLHF).",
+    )
+    captions_label: str = opt("Image captions:", "fact RM: label before the captions.")
+    short_answer_label: str = opt("Short answer:", "fact RM: label before the short answer.")
+    objects_label: str = opt("Objects in the image:", "fact RM: label before the object list.")
+    rationale_label: str = opt("Rationale:", "fact RM: label before the rationale.")
+    critique_request: str = opt(
+        "Critique the response above: is it correct, complete and faithful to the image? "
+        "Point out any errors.",
+        "critique RM: the user turn asking for a critique of the response.",
+    )
+
+
+@dataclass
+class RewardSpec:
+    """What a reward model is (written to ``reward_config.json`` next to its weights)."""
+
+    type: str = opt("scalar", "Reward model type: scalar, fact or critique.")
+    head: str = opt(
+        "mm_rlhf", "Head: mm_rlhf (dropout, Linear(H,H), tanh, dropout, Linear) or linear."
+    )
+    head_dropout: float = opt(0.1, "Dropout of the mm_rlhf head (train mode only).")
+    templates: RewardTemplates = sub(RewardTemplates, "Prompt texts.")
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.type not in RM_TYPES:
+            out.append(f"type must be one of {', '.join(RM_TYPES)}, got {self.type!r}")
+        if self.head not in HEAD_KINDS:
+            out.append(f"head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RewardSpec:
+        d = dict(d)
+        templates = RewardTemplates(**d.pop("templates", {}))
+        known = {k: d[k] for k in ("type", "head", "head_dropout") if k in d}
+        return cls(**known, templates=templates)
+
+
+# ---------------------------------------------------------------------------------------------
+# the head
+
+
+class RewardHead(nn.Module):
+    """Hidden state ``[B, H]`` -> reward ``[B]``.
+
+    ``mm_rlhf``: dropout, Linear(H, H), tanh, dropout, Linear(H, 1) (MM-RLHF's head);
+    ``linear``: Linear(H, 1) with zero bias (LLaVA-RLHF's). The last layer's bias starts at zero in
+    both, so a fresh head scores every response near 0 (the centring term's fixed point).
+    """
+
+    def __init__(self, hidden_size: int, kind: str = "mm_rlhf", dropout: float = 0.1) -> None:
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
+        self.kind, self.hidden_size = kind, hidden_size
+        if kind == "mm_rlhf":
+            self.net = nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(hidden_size, hidden_size),
+                nn.Tanh(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_size, 1),
+            )
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden_size, 1))
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.net(hidden).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts: the three types as records
+
+
+def facts_block(record: Record, templates: RewardTemplates) -> str | None:
+    """The record's facts as text (None when it has none the fact RM can use)."""
+    f = record.facts
+    if f is None:
+        return None
+    parts = []
+    if f.captions:
+        parts.append(templates.captions_label + "\n" + "\n".join(f"- {c}" for c in f.captions))
+    if f.short_answer:
+        parts.append(f"{templates.short_answer_label} {f.short_answer}")
+    if f.objects:
+        parts.append(f"{templates.objects_label} {', '.join(f.objects)}")
+    if f.rationale:
+        parts.append(f"{templates.rationale_label} {f.rationale}")
+    if not parts:
+        return None
+    return templates.facts_intro + "\n" + "\n".join(parts)
+
+
+class MissingFactsError(RecordError):
+    """The fact RM was asked to score a record without facts."""
+
+
+def scoring_record(
+    record: Record, response: str, spec: RewardSpec, critique: str | None = None
+) -> tuple[Record, str]:
+    """``(prompt record, completion)``: what the RM reads for ``response`` to ``record``.
+
+    The completion is the labelled part: the response (scalar, fact) or the critique (critique;
+    ``critique=None`` gives the critique *generation* prompt: completion ``""`` and the caller
+    encodes with ``response=None``). The reward is read at the completion's last token.
+    """
+    t = spec.templates
+    conv = list(record.conversation)
+    if spec.type == "fact":
+        block = facts_block(record, t)
+        if block is None:
+            raise MissingFactsError(
+                "facts",
+                "the fact reward model needs facts (captions, short_answer, objects or "
+                "rationale) and this record has none",
+                source=record.id,
+            )
+        conv[-1] = Turn("user", f"{conv[-1].text}\n\n{block}")
+    elif spec.type == "critique":
+        conv += [Turn("assistant", response), Turn("user", t.critique_request)]
+        prompt = Record(
+            id=record.id, conversation=conv, responses=[], images=record.images, video=record.video
+        )
+        return prompt, critique if critique is not None else ""
+    prompt = Record(
+        id=record.id, conversation=conv, responses=[], images=record.images, video=record.video
+    )
+    return prompt, response
+
+
+def encode_for_reward(
+    record: Record,
+    responses: list[str],
+    processor: Any,
+    spec: RewardSpec,
+    *,
+    critiques: list[str | None] | None = None,
+    media_root: str | Path | None = None,
+    max_length: int | None = None,
+    truncate_response: bool = False,
+    media: tuple[list[Any], list[Any]] | None = None,
+) -> list[Example]:
+    """Encode each of ``responses`` of ``record`` for scoring; the record's media is loaded once.
+
+    ``critiques[i]`` is the critique appended after ``responses[i]`` (critique type only; ``""``
+    scores with an empty critique). ``None`` for the critique type means "generation prompt":
+    the example ends where the critique would start and has no labelled tokens.
+    """
+    if spec.type == "critique" and critiques is None:
+        raise ValueError("the critique reward model needs critiques (None: generation prompt)")
+    media = media if media is not None else load_media(record, media_root)
+    out = []
+    for i, text in enumerate(responses):
+        crit = critiques[i] if critiques is not None else None
+        prompt, completion = scoring_record(record, text, spec, crit)
+        gen_prompt = spec.type == "critique" and crit is None
+        out.append(
+            encode(
+                prompt,
+                None if gen_prompt else completion,
+                processor,
+                images=media,
+                max_length=max_length,
+                truncate_response=truncate_response,
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """``[B, T]`` mask -> ``[B]`` index of each row's last non-padding token (any padding side)."""
+    t = attention_mask.shape[1]
+    return (t - 1) - attention_mask.flip(1).long().argmax(1)
+
+
+def _base_vlm(vlm: nn.Module) -> nn.Module:
+    """The ``*ForConditionalGeneration`` under a peft wrapper (LoRA layers stay injected)."""
+    return vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+
+
+@dataclass
+class RewardOutput:
+    """``rewards [B]``; for ``lm=True`` also the summed LM loss over labelled tokens and their
+    count (summed, so a training loop can normalise over its whole accumulated step)."""
+
+    rewards: Tensor
+    lm_loss_sum: Tensor | None = None
+    lm_tokens: int = 0
+    lm_correct: int = 0
+
+
+class RewardModel(nn.Module):
+    """A VLM backbone + :class:`RewardHead`; ``forward(batch) -> RewardOutput``.
+
+    ``batch`` is what :func:`mmrlhf.models.inputs.collate` returns (right padding for training;
+    the reading index is computed from ``attention_mask``, so left padding reads correctly too).
+    """
+
+    def __init__(
+        self,
+        vlm: nn.Module,
+        spec: RewardSpec,
+        head: RewardHead | None = None,
+        processor: Any = None,
+    ) -> None:
+        super().__init__()
+        problems = spec.validate()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.vlm = vlm
+        self.spec = spec
+        hidden = self.hidden_size(vlm)
+        self.head = head if head is not None else RewardHead(hidden, spec.head, spec.head_dropout)
+        # Keep the head in fp32 whatever the backbone dtype: it is tiny and the rewards feed a
+        # sigmoid whose gradient vanishes in bf16 rounding for confident pairs.
+        self.head.float().to(next(vlm.parameters()).device)
+        self.processor = processor
+
+    @staticmethod
+    def hidden_size(vlm: nn.Module) -> int:
+        cfg = _base_vlm(vlm).config
+        text = getattr(cfg, "text_config", None) or cfg
+        return int(text.hidden_size)
+
+    def hidden_states(self, batch: dict[str, Any]) -> Tensor:
+        """Last-layer hidden states ``[B, T, H]`` (after the final norm), without ``lm_head``."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        base = _base_vlm(self.vlm)
+        inner = getattr(base, "model", None)
+        if inner is not None:
+            return inner(**inputs, use_cache=False).last_hidden_state
+        # Unknown layout: the full forward, paying for one position's logits only.
+        out = self.vlm(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[-1]
+
+    def forward(self, batch: dict[str, Any], *, lm: bool = False) -> RewardOutput:
+        hidden = self.hidden_states(batch)  # [B, T, H]
+        idx = last_token_index(batch["attention_mask"])  # [B]
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, H]
+        rewards = self.head(last.to(self.head.net[-1].weight.dtype))  # [B]
+        if not lm:
+            return RewardOutput(rewards)
+        # LM loss on labelled (critique) tokens: position t predicts label t+1. Only those hidden
+        # states go through lm_head, so the logits are [M, V] for M critique tokens, not [B, T, V].
+        labels = batch["labels"]
+        mask = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+        target = labels[:, 1:][mask]  # [M]
+        h = hidden[:, :-1][mask]  # [M, H]
+        logits = _base_vlm(self.vlm).lm_head(h).float()  # [M, V]
+        loss_sum = (
+            F.cross_entropy(logits, target, reduction="sum")
+            if len(target)
+            else (hidden.sum() * 0.0)
+        )
+        correct = int((logits.argmax(-1) == target).sum()) if len(target) else 0
+        return RewardOutput(rewards, loss_sum, int(mask.sum()), correct)
+
+    # -- save / load ------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path, processor: Any = None) -> Path:
+        """Write the VLM (LoRA merged; note: merging replaces ``self.vlm`` by the merged model),
+        the processor, ``reward_head.safetensors`` and ``reward_config.json``; atomic (a
+        temporary folder renamed when complete)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(f".tmp-{path.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        vlm = self.vlm
+        if hasattr(vlm, "merge_and_unload"):
+            vlm.save_pretrained(tmp / "adapter")
+            vlm = self.vlm = vlm.merge_and_unload()
+        vlm.save_pretrained(tmp)
+        processor = processor if processor is not None else self.processor
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+            str(tmp / HEAD_FILE),
+        )
+        cfg = {**asdict(self.spec), "hidden_size": self.head.hidden_size, "format_version": 1}
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        init_head: bool = False,
+        spec: RewardSpec | None = None,
+        model_config: Any = None,
+        for_training: bool = False,
+        device: str = "auto",
+    ) -> RewardModel:
+        """Load a reward model saved by :meth:`save_pretrained` (processor at ``.processor``).
+
+        ``path`` may also be a plain VLM folder (e.g. an SFT model) with ``init_head=True``: a
+        fresh head is created for ``spec`` (required then). With a saved head, ``spec`` (if
+        given) must agree on type and head kind. ``model_config`` (a
+        :class:`~mmrlhf.models.load.ModelConfig`) sets dtype/LoRA/freezing for training.
+        """
+        from safetensors.torch import load_file
+
+        from mmrlhf.models.load import ModelConfig, load_vlm
+
+        path = Path(path)
+        saved = None
+        if (path / CONFIG_FILE).exists():
+            saved = RewardSpec.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        if saved is None and not init_head:
+            raise FileNotFoundError(
+                f"{path}: not a reward model (no {CONFIG_FILE}); pass init_head=True to start a "
+                "fresh head on this VLM"
+            )
+        use_head = saved is not None and not init_head
+        if use_head and spec is not None and (spec.type, spec.head) != (saved.type, saved.head):
+            raise ValueError(
+                f"{path}: saved reward model is type={saved.type} head={saved.head}, asked for "
+                f"type={spec.type} head={spec.head} (use init_head=True to start a new head)"
+            )
+        spec = spec if spec is not None else saved
+        if spec is None:
+            raise ValueError("init_head=True on a plain VLM needs a RewardSpec")
+        mcfg = (
+            model_config if model_config is not None else ModelConfig(path=str(path), device=device)
+        )
+        vlm, processor = load_vlm(mcfg, for_training=for_training)
+        rm = cls(vlm, spec, processor=processor)
+        if use_head:
+            rm.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        if not for_training:
+            rm.eval()
+            rm.requires_grad_(False)
+        return rm
+
+
+__all__ = [
+    "HEAD_KINDS",
+    "RM_TYPES",
+    "MissingFactsError",
+    "RewardHead",
+    "RewardModel",
+    "RewardOutput",
+    "RewardSpec",
+    "RewardTemplates",
+    "encode_for_reward",
+    "facts_block",
+    "last_token_index",
+    "scoring_record",
+]

@@ -1,0 +1,1 @@
+"""Using trained reward models: scoring records (rewards, critiques, pair margins)."""

@@ -1,0 +1,246 @@
+"""Score preference records with a trained reward model: rewards per response, margins per pair.
+
+``score_records`` writes ``Response.reward`` for every response and, for every pair of the
+record, ``Preference.margin = r_chosen - r_rejected`` (MM-DPO's dynamic beta reads it with
+``derive_pairs(..., margin="given")``; records with a ranking get their derived pairs written as
+explicit preferences, so ``margin="reward"`` and ``margin="given"`` both work downstream).
+
+Critique RMs score with a critique appended (``mode``):
+
+- ``generate`` (default for the critique type): greedy, batched, KV-cached ``generate`` with left
+  padding, then the critique is appended and the score read at its end;
+- ``sample``: ``n_samples`` critiques sampled per response (seeded); the reward is their mean;
+- ``given``: the data's ``Response.critique`` (the human / teacher critique);
+- ``none``: an empty critique.
+
+A generated critique is written to ``Response.critique``; a human critique it replaces is kept
+in ``Response.meta["human_critique"]``.
+
+Resumable: with ``out_path`` each scored record is appended as a JSONL line as soon as its chunk
+finishes, and records whose id is already in the file are not scored again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrlhf.data.pairs import derive_pairs
+from mmrlhf.data.record import Preference, Record
+from mmrlhf.models.inputs import collate, load_media
+from mmrlhf.models.reward import RewardModel, encode_for_reward
+
+MODES = ("generate", "sample", "given", "none")
+
+
+def default_mode(rm: RewardModel) -> str:
+    return "generate" if rm.spec.type == "critique" else "none"
+
+
+@torch.no_grad()
+def generate_critiques(
+    rm: RewardModel,
+    processor: Any,
+    items: Sequence[tuple[Record, str, tuple[list, list]]],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 128,
+    seed_fn: Callable[[], int] | None = None,
+    max_length: int | None = None,
+) -> list[list[str]]:
+    """``n`` critiques for each ``(record, response text, loaded media)``: one left-padded,
+    KV-cached ``generate`` call over all of them (``n`` copies of each prompt when sampling)."""
+    tok = processor.tokenizer
+    prompts = []
+    for rec, text, media in items:
+        prompts += (
+            encode_for_reward(
+                rec,
+                [text],
+                processor,
+                rm.spec,
+                critiques=[None],
+                media=media,
+                max_length=max_length,
+            )
+            * n
+        )
+    batch = collate(prompts, tok.pad_token_id, padding_side="left")
+    batch.pop("labels")
+    device = next(rm.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
+    if temperature > 0:
+        if seed_fn is not None:
+            torch.manual_seed(seed_fn())
+        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs.update(do_sample=False)
+    out = rm.vlm.generate(**batch, **kwargs)
+    texts = [
+        tok.decode(ids, skip_special_tokens=True).strip()
+        for ids in out[:, batch["input_ids"].shape[1] :]
+    ]
+    return [texts[i * n : (i + 1) * n] for i in range(len(items))]
+
+
+def _apply_rewards(rec: Record, rewards: list[float], pair_strategy: str) -> None:
+    for resp, r in zip(rec.responses, rewards, strict=True):
+        resp.reward = float(r)
+    if rec.preferences:
+        for p in rec.preferences:
+            if not p.is_tie:
+                p.margin = rec.responses[p.chosen].reward - rec.responses[p.rejected].reward
+    elif rec.ranking is not None:
+        rec.preferences = [
+            Preference(
+                p.chosen,
+                p.rejected,
+                margin=rec.responses[p.chosen].reward - rec.responses[p.rejected].reward,
+                meta={"from": "ranking"},
+            )
+            for p in derive_pairs(rec, pair_strategy)
+        ]
+
+
+@torch.no_grad()
+def score_records(
+    rm: RewardModel,
+    processor: Any,
+    records: Sequence[Record],
+    *,
+    mode: str | None = None,
+    n_samples: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    media_root: str | Path | None = None,
+    max_length: int | None = None,
+    pair_strategy: str = "all",
+    seed: int = 0,
+    out_path: str | Path | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """Score every response of ``records`` (in place; also returned, in input order).
+
+    ``batch_size`` counts *responses* per forward (records are never split across chunks, so a
+    chunk can exceed it by one record's responses). See the module docstring for ``mode``
+    (default: ``generate`` for a critique RM, else ``none``, which non-critique RMs ignore).
+    """
+    from tqdm.auto import tqdm
+
+    mode = mode or default_mode(rm)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    critique_rm = rm.spec.type == "critique"
+    done: dict[str, Record] = {}
+    if out_path is not None and Path(out_path).exists():
+        for line in Path(out_path).read_text().splitlines():
+            if line.strip():
+                r = Record.from_dict(json.loads(line))
+                done[r.id] = r
+    todo = [r for r in records if r.id not in done]
+    rm.eval()
+    device = next(rm.parameters()).device
+    pad_id = processor.tokenizer.pad_token_id
+    gen = torch.Generator().manual_seed(seed)
+
+    def seed_fn() -> int:
+        # generate() samples from torch's global RNG: reseed it per chunk from our generator
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+    chunks: list[list[Record]] = [[]]
+    for r in todo:
+        if chunks[-1] and sum(x.k for x in chunks[-1]) + r.k > batch_size:
+            chunks.append([])
+        chunks[-1].append(r)
+    sink = open(out_path, "a") if out_path is not None else None  # noqa: SIM115
+    bar = tqdm(total=len(todo), desc="score", disable=not progress)
+    try:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            media = [load_media(r, media_root) for r in chunk]
+            # 1. Critiques (critique RM): generated for all responses of the chunk in one call.
+            crits: list[list[list[str]]] = []  # [record][response][sample]
+            if critique_rm:
+                if mode in ("generate", "sample"):
+                    n = n_samples if mode == "sample" else 1
+                    items = [
+                        (r, x.text, m)
+                        for r, m in zip(chunk, media, strict=True)
+                        for x in r.responses
+                    ]
+                    flat = generate_critiques(
+                        rm,
+                        processor,
+                        items,
+                        n=n,
+                        temperature=temperature if mode == "sample" else 0.0,
+                        max_new_tokens=max_new_tokens,
+                        seed_fn=seed_fn,
+                        max_length=max_length,
+                    )
+                    it = iter(flat)
+                    crits = [[next(it) for _ in r.responses] for r in chunk]
+                elif mode == "given":
+                    for r in chunk:
+                        missing = [i for i, x in enumerate(r.responses) if x.critique is None]
+                        if missing:
+                            raise ValueError(
+                                f"record {r.id}: responses{missing}: no critique (mode=given)"
+                            )
+                    crits = [[[x.critique or ""] for x in r.responses] for r in chunk]
+                else:
+                    crits = [[[""] for _ in r.responses] for r in chunk]
+            # 2. Score: one forward over every (response, critique sample) of the chunk.
+            exs, owner = [], []
+            for ri, (r, m) in enumerate(zip(chunk, media, strict=True)):
+                for k, x in enumerate(r.responses):
+                    samples = crits[ri][k] if critique_rm else [None]
+                    for c in samples:
+                        exs += encode_for_reward(
+                            r,
+                            [x.text],
+                            processor,
+                            rm.spec,
+                            critiques=[c] if critique_rm else None,
+                            media=m,
+                            max_length=max_length,
+                            truncate_response=True,
+                        )
+                        owner.append((ri, k))
+            batch = collate(exs, pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            rewards = rm(batch).rewards.float().cpu().tolist()
+            # 3. Mean over critique samples; write rewards, critiques and pair margins.
+            sums: dict[tuple[int, int], list[float]] = {}
+            for o, v in zip(owner, rewards, strict=True):
+                sums.setdefault(o, []).append(v)
+            for ri, r in enumerate(chunk):
+                vals = [sum(sums[(ri, k)]) / len(sums[(ri, k)]) for k in range(r.k)]
+                if critique_rm and mode in ("generate", "sample"):
+                    for k, x in enumerate(r.responses):
+                        if x.critique is not None and "human_critique" not in x.meta:
+                            x.meta["human_critique"] = x.critique
+                        x.critique = crits[ri][k][0]
+                        if mode == "sample":
+                            x.meta["critique_samples"] = crits[ri][k]
+                            x.meta["reward_samples"] = sums[(ri, k)]
+                _apply_rewards(r, vals, pair_strategy)
+                done[r.id] = r
+                if sink is not None:
+                    sink.write(json.dumps(r.to_dict()) + "\n")
+            if sink is not None:
+                sink.flush()
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    return [done[r.id] for r in records]
