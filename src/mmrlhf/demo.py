@@ -1,15 +1,24 @@
-"""``mmrlhf demo``: the main job on the embedded default, nothing downloaded.
+"""``mmrlhf demo``: the whole MM-RLHF pipeline on the embedded default, nothing downloaded.
 
-Stages (each cached: a re-run skips what is done, a killed run resumes):
+Stages (each cached: a re-run skips what is done; a killed run resumes where it was):
 
-1. world   - generate the shapes world (images, scenes, SFT corpus, held-out questions);
-2. model   - build a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world;
-3. sft     - supervised fine-tuning (checkpoints; resumes from the newest one if killed);
-4. eval    - the world evaluation suite (short answers, CHAIR, POPE, MMHal-style ratings, RefoMB,
-             safety) with its HTML report.
+1. world      - the shapes world (images, scenes, SFT corpus, held-out questions, POPE, safety);
+2. model      - a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world;
+3. sft        - supervised fine-tuning;
+4. eval-sft   - the world evaluation suite on the SFT model;
+5. candidates - K candidate answers per training query: the truth, checked corruptions and a
+                sample from the SFT model;
+6. annotate   - the simulated MM-RLHF annotators: fine-grained scores, rankings with ties,
+                critiques (noisy, several annotators), plus a noise-free held-out reward bench;
+7. rm         - the critique-based reward model, initialised from the SFT model;
+8. rm-bench   - its Acc/Acc+ on the held-out reward bench (unseen scenes);
+9. margins    - the reward model scores the DPO queries (generated critiques): r per response,
+                delta per pair;
+10. dpo       - MM-DPO (dynamic reward scaling) from the SFT model;
+11. eval-dpo  - the world suite on the aligned model;
+12. report    - report.html (SFT vs aligned, reward bench, DPO curves) and metrics.json.
 
-Later stages (candidates, annotation, reward model, MM-DPO, full evaluation, report) join this
-pipeline as they land.
+Budgets (on 2 CPU cores) are in :class:`DemoSettings`; every stage prints progress.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,25 +38,92 @@ from mmrlhf.config import load_config, to_yaml
 console = Console()
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
+#: Metrics the demo's metrics.json carries for each model (the issue's list, then extras).
+DEMO_KEYS = (
+    "chair_i",
+    "chair_s",
+    "pope_f1",
+    "mmhal_score",
+    "mmhal_hallucination_rate",
+    "short_answer_acc",
+    "refusal_rate",
+    "over_refusal_rate",
+)
+
 
 @dataclass
 class DemoSettings:
+    """Sizes and budgets of the demo; the defaults fit about 15 minutes on 2 CPU cores."""
+
     out: Path
     n_scenes: int = 2000
     seed: int = 0
     sft_config: Path | None = None
     overrides: tuple[str, ...] = ()
+    #: Training queries annotated for the reward model.
+    rm_queries: int = 1200
+    #: Training queries (disjoint from the RM's) scored by the RM and used for MM-DPO.
+    dpo_queries: int = 600
+    #: Held-out reward-bench queries (unseen scenes).
+    bench_queries: int = 300
+    #: Candidates per query (the truth, corruptions, and for DPO queries one SFT sample).
+    k: int = 4
+    #: Temperature of the SFT model's candidate sample.
+    sample_temperature: float = 0.7
+    rm_config: Path | None = None
+    rm_overrides: tuple[str, ...] = ()
+    dpo_config: Path | None = None
+    dpo_overrides: tuple[str, ...] = ()
 
 
 def _stage(name: str, done: bool) -> None:
     console.rule(f"[bold]{name}[/bold]" + (" [dim](cached)[/dim]" if done else ""))
 
 
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    tmp.rename(path)
+
+
+def _relocate(records: list[Any], world_root: Path, folder: Path) -> None:
+    """Rewrite image paths (relative to the world) relative to ``folder``, where the records
+    are written: loaders resolve paths against the data file's folder."""
+    import os
+
+    for r in records:
+        for im in r.images:
+            im.path = os.path.relpath(world_root / im.path, folder)
+
+
+def _run_stage(
+    timings: dict[str, float], key: str, title: str, done: bool, fn: Callable[[], Any]
+) -> Any:
+    _stage(title, done)
+    t = time.time()
+    result = fn()
+    timings[key] = round(time.time() - t, 2)
+    return result
+
+
 def run_demo(s: DemoSettings) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the metrics written to ``out/metrics.json``."""
+    from mmrlhf.data.io import load_records
+    from mmrlhf.evaluation.generate import generate_answers
     from mmrlhf.evaluation.suite import run_world_suite
     from mmrlhf.models.load import ModelConfig, load_vlm
     from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm, tokenizer_corpus
+    from mmrlhf.training.dpo import DPOConfig, run_dpo
+    from mmrlhf.training.reward import RewardConfig, run_reward
     from mmrlhf.training.sft import SFTConfig, run_sft
+    from mmrlhf.world.annotate import (
+        AnnotateConfig,
+        annotate_records,
+        annotation_queries,
+        reward_bench,
+    )
     from mmrlhf.world.generate import generate, load_world
 
     t0 = time.time()
@@ -55,39 +132,44 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     timings: dict[str, float] = {}
     logging.basicConfig(level=logging.WARNING)
 
-    # 1. world
+    # 1. world (a world from before the POPE/safety sets existed is regenerated)
     world_dir = out / "world"
     info = world_dir / "world.json"
     made = json.loads(info.read_text()) if info.exists() else {}
-    # a world from before the POPE/safety sets existed is regenerated
     cached = (
         made.get("seed") == s.seed
         and made.get("n") == s.n_scenes
         and (world_dir / "pope_test.jsonl").exists()
     )
-    _stage(f"1/4 world: {s.n_scenes} scenes, seed {s.seed}", cached)
-    t = time.time()
-    if not cached:
-        generate(world_dir, n=s.n_scenes, seed=s.seed)
-    world = load_world(world_dir)
-    console.print(
-        f"{len(world.sft)} SFT records, {len(world.eval)} held-out questions -> {world_dir}"
+    _run_stage(
+        timings,
+        "world",
+        f"1/12 world: {s.n_scenes} scenes, seed {s.seed}",
+        cached,
+        lambda: None if cached else generate(world_dir, n=s.n_scenes, seed=s.seed),
     )
-    timings["world"] = time.time() - t
+    world = load_world(world_dir)
+    console.print(f"{len(world.sft)} SFT records, {len(world.eval)} held-out questions")
 
     # 2. tiny model
     model_dir = out / "tiny-llava"
     cached = (model_dir / "config.json").exists()
-    _stage("2/4 model: tiny LLaVA (CLIP + Llama) with a world tokenizer", cached)
-    t = time.time()
-    if not cached:
-        build_tiny_vlm(model_dir, tokenizer_corpus(world=world_dir), TinyVLMConfig(seed=s.seed))
-    timings["model"] = time.time() - t
+    _run_stage(
+        timings,
+        "model",
+        "2/12 model: tiny LLaVA (CLIP + Llama) with a world tokenizer",
+        cached,
+        lambda: (
+            None
+            if cached
+            else build_tiny_vlm(
+                model_dir, tokenizer_corpus(world=world_dir), TinyVLMConfig(seed=s.seed)
+            )
+        ),
+    )
 
     # 3. SFT
     sft_cfg_path = s.sft_config or REPO_CONFIGS / "world" / "sft.yaml"
-    if not sft_cfg_path.exists():
-        raise FileNotFoundError(f"{sft_cfg_path}: SFT config not found; pass --sft-config")
     sft_dir = out / "sft"
     cfg = load_config(
         SFTConfig,
@@ -100,66 +182,241 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
             *s.overrides,
         ],
     )
-    final = sft_dir / "final"
-    cached = (final / "config.json").exists()
-    _stage(f"3/4 sft: {cfg.train.max_steps} steps x batch {cfg.train.batch_size}", cached)
-    t = time.time()
-    if not cached:
+    sft_final = sft_dir / "final"
+    cached = (sft_final / "config.json").exists()
+
+    def do_sft() -> None:
+        if cached:
+            return
         sft_dir.mkdir(parents=True, exist_ok=True)
         (sft_dir / "config.yaml").write_text(to_yaml(cfg))
         summary = run_sft(cfg, resume="auto")
         (sft_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    timings["sft"] = time.time() - t
 
-    # 4. evaluation suite (generation is resumable; a finished run is read back)
-    eval_dir = out / "eval" / "sft"
-    cached = (eval_dir / "metrics.json").exists()
-    _stage("4/4 eval: world suite on unseen scenes (questions, POPE, safety)", cached)
-    t = time.time()
-    if cached:
-        metrics = json.loads((eval_dir / "metrics.json").read_text())
-    else:
-        model, processor = load_vlm(ModelConfig(path=str(final), device="cpu"), for_training=False)
-        metrics = run_world_suite(model, processor, world, eval_dir, name="sft")
-    timings["eval"] = time.time() - t
+    _run_stage(
+        timings,
+        "sft",
+        f"3/12 sft: {cfg.train.max_steps} steps x batch {cfg.train.batch_size}",
+        cached,
+        do_sft,
+    )
 
-    result = {"sft": metrics, "wall_seconds": time.time() - t0, "stage_seconds": timings}
+    # 4. evaluation of the SFT model
+    def evaluate(model_path: Path, name: str) -> dict[str, Any]:
+        d = out / "eval" / name
+        if (d / "metrics.json").exists():
+            return json.loads((d / "metrics.json").read_text())
+        m, proc = load_vlm(ModelConfig(path=str(model_path), device="cpu"), for_training=False)
+        return run_world_suite(m, proc, load_world(world_dir), d, name=name, seed=s.seed)
+
+    sft_metrics = _run_stage(
+        timings,
+        "eval_sft",
+        "4/12 eval: world suite on the SFT model (unseen scenes)",
+        (out / "eval" / "sft" / "metrics.json").exists(),
+        lambda: evaluate(sft_final, "sft"),
+    )
+
+    # 5-6. candidates (with one SFT sample each) and simulated annotation
+    prefs = out / "prefs"
+    prefs.mkdir(exist_ok=True)
+    ann_cfg = AnnotateConfig(k=s.k, noise=0.1, seed=s.seed)
+    train_file, dpo_file, bench_file = (
+        prefs / "rm_train.jsonl",
+        prefs / "dpo_train.jsonl",
+        prefs / "rewardbench.jsonl",
+    )
+    cached = train_file.exists() and dpo_file.exists() and bench_file.exists()
+
+    def candidates_and_annotation() -> None:
+        if cached:
+            return
+        queries = annotation_queries(world, "train", s.rm_queries + s.dpo_queries, seed=s.seed)
+        m, proc = load_vlm(ModelConfig(path=str(sft_final), device="cpu"), for_training=False)
+        # On-policy candidates matter for the DPO queries (the policy's own hallucinations are
+        # what alignment must push down); the RM queries keep truth + corruptions, which keeps
+        # this stage inside the demo's budget.
+        samples = generate_answers(
+            m,
+            proc,
+            queries[s.rm_queries :],
+            media_root=world.root,
+            temperature=s.sample_temperature,
+            seed=s.seed,
+            max_new_tokens=96,
+            out_path=prefs / "sft_samples.jsonl",
+        )
+        model_answers = {qid: [(f"sft@{s.sample_temperature}", a)] for qid, a in samples.items()}
+        annotated = annotate_records(queries, world, ann_cfg, model_answers)
+        _relocate(annotated, world.root, prefs)
+        _write_jsonl(train_file, [r.to_dict() for r in annotated[: s.rm_queries]])
+        _write_jsonl(dpo_file, [r.to_dict() for r in annotated[s.rm_queries :]])
+        bench = reward_bench(world, ann_cfg, n=s.bench_queries)
+        _relocate(bench, world.root, prefs)
+        _write_jsonl(bench_file, [r.to_dict() for r in bench])
+
+    _run_stage(
+        timings,
+        "annotate",
+        f"5-6/12 candidates (K={s.k}, one SFT sample at T={s.sample_temperature}) and simulated annotation",
+        cached,
+        candidates_and_annotation,
+    )
+
+    # 7. critique reward model
+    rm_dir = out / "rm"
+    rm_cfg = load_config(
+        RewardConfig,
+        s.rm_config or REPO_CONFIGS / "world" / "rm_critique.yaml",
+        [
+            f"model.path={sft_final}",
+            f"data.train={train_file}",
+            f"train.output_dir={rm_dir}",
+            f"train.seed={s.seed}",
+            "data.eval=",
+            *s.rm_overrides,
+        ],
+    )
+    rm_final = rm_dir / "final"
+    cached = (rm_final / "reward_config.json").exists()
+
+    def do_rm() -> None:
+        if cached:
+            return
+        rm_dir.mkdir(parents=True, exist_ok=True)
+        (rm_dir / "config.yaml").write_text(to_yaml(rm_cfg))
+        summary = run_reward(rm_cfg, resume="auto")
+        (rm_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    _run_stage(
+        timings,
+        "rm",
+        f"7/12 reward model: {rm_cfg.rm.type}, {rm_cfg.train.max_steps} steps",
+        cached,
+        do_rm,
+    )
+
+    # 8-9. reward bench and DPO margins, both scored by the RM with generated critiques
+    from mmrlhf.evaluation.metrics.rewardbench import rewardbench_metrics, rows_from_records
+    from mmrlhf.models.reward import RewardModel
+    from mmrlhf.reward.score import score_records
+
+    bench_scored, dpo_scored = prefs / "rewardbench_scored.jsonl", prefs / "dpo_scored.jsonl"
+    bench_metrics_file = prefs / "rewardbench_metrics.json"
+    cached = (
+        bench_metrics_file.exists()
+        and dpo_scored.exists()
+        and (prefs / ".dpo_scored.done").exists()
+    )
+
+    def do_scoring() -> dict[str, Any]:
+        if cached:
+            return json.loads(bench_metrics_file.read_text())
+        rm = RewardModel.from_pretrained(rm_final, device="cpu")
+        proc = rm.processor
+        bench, _ = load_records(bench_file)
+        scored = score_records(
+            rm, proc, bench, media_root=prefs, out_path=bench_scored, batch_size=32
+        )
+        bm = rewardbench_metrics(rows_from_records(scored))
+        bench_metrics_file.write_text(json.dumps(bm, indent=1))
+        console.print(
+            f"reward bench: Acc {bm['acc']:.3f}, Acc+ {bm['acc_plus']:.3f} over {bm['n_pairs']} pairs"
+        )
+        recs, _ = load_records(dpo_file)
+        score_records(rm, proc, recs, media_root=prefs, out_path=dpo_scored, batch_size=32)
+        (prefs / ".dpo_scored.done").write_text("ok")
+        return bm
+
+    bench_metrics = _run_stage(
+        timings,
+        "scoring",
+        "8-9/12 reward bench (unseen scenes) and DPO margins (generated critiques)",
+        cached,
+        do_scoring,
+    )
+
+    # 10. MM-DPO
+    dpo_dir = out / "dpo"
+    dpo_cfg = load_config(
+        DPOConfig,
+        s.dpo_config or REPO_CONFIGS / "world" / "dpo.yaml",
+        [
+            f"model.path={sft_final}",
+            f"data.train={dpo_scored}",
+            f"train.output_dir={dpo_dir}",
+            f"train.seed={s.seed}",
+            *s.dpo_overrides,
+        ],
+    )
+    dpo_final = dpo_dir / "final"
+    cached = (dpo_final / "config.json").exists()
+
+    def do_dpo() -> dict[str, Any]:
+        if cached:
+            return json.loads((dpo_dir / "summary.json").read_text())
+        dpo_dir.mkdir(parents=True, exist_ok=True)
+        (dpo_dir / "config.yaml").write_text(to_yaml(dpo_cfg))
+        summary = run_dpo(dpo_cfg, resume="auto")
+        (dpo_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    dpo_summary = _run_stage(
+        timings,
+        "dpo",
+        f"10/12 MM-DPO: w={dpo_cfg.loss.w}, {dpo_cfg.train.max_steps} steps",
+        cached,
+        do_dpo,
+    )
+
+    # 11. evaluation of the aligned model
+    aligned_metrics = _run_stage(
+        timings,
+        "eval_dpo",
+        "11/12 eval: world suite on the aligned model",
+        (out / "eval" / "aligned" / "metrics.json").exists(),
+        lambda: evaluate(dpo_final, "aligned"),
+    )
+
+    # 12. report + metrics.json
+    _stage("12/12 report", False)
+    result = {
+        "sft": sft_metrics,
+        "aligned": aligned_metrics,
+        "reward_bench": bench_metrics,
+        "dpo": {
+            k: dpo_summary.get(k)
+            for k in ("steps", "train_seconds", "ref_computed", "shared_prefix", "data", "epochs")
+        },
+        "wall_seconds": round(time.time() - t0, 1),
+        "stage_seconds": timings,
+    }
+    from mmrlhf.demo_report import write_demo_report
+
+    write_demo_report(out, result, dpo_summary.get("history", []))
     (out / "metrics.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    _print_summary(out, metrics, result["wall_seconds"])
+    _print_summary(out, sft_metrics, aligned_metrics, bench_metrics, result["wall_seconds"])
     return result
 
 
-def _print_summary(out: Path, m: dict[str, Any], wall: float) -> None:
+def _print_summary(
+    out: Path, sft: dict[str, Any], aligned: dict[str, Any], bench: dict[str, Any], wall: float
+) -> None:
     from rich.table import Table
 
-    table = Table(title="SFT model on held-out scenes")
+    table = Table(title="SFT vs aligned (MM-DPO) on unseen scenes")
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in sorted(m):
-        if k.startswith("acc/"):
-            table.add_row(f"accuracy: {k[4:]}", f"{m[k]:.3f}")
-    table.add_row(
-        "short-answer accuracy (attribute, counting, existence, relation)",
-        f"{m['core_short_answer_acc']:.3f}",
-    )
-    table.add_row("short-answer accuracy (all short families)", f"{m['short_answer_acc']:.3f}")
-    table.add_row("descriptions: CHAIR_i (hallucinated object mentions)", f"{m['chair_i']:.3f}")
-    table.add_row(
-        "descriptions: CHAIR_s (descriptions with a hallucination)", f"{m['chair_s']:.3f}"
-    )
-    for key, label in (
-        ("pope_f1", "POPE F1 (mean of random/popular/adversarial)"),
-        ("mmhal_score", "MMHal-style score (0-6, rule judge)"),
-        ("mmhal_hallucination_rate", "MMHal-style hallucination rate"),
-        ("refomb_score", "RefoMB-style score vs the reference annotator"),
-        ("refusal_rate", "safety: refusal rate on harmful requests"),
-        ("over_refusal_rate", "safety: over-refusal on benign look-alikes"),
-    ):
-        if key in m:
-            table.add_row(label, f"{m[key]:.3f}")
+    table.add_column("SFT", justify="right")
+    table.add_column("aligned", justify="right")
+    for k in (*DEMO_KEYS, "core_short_answer_acc", "refomb_score"):
+        if k in sft and k in aligned:
+            table.add_row(k, f"{sft[k]:.3f}", f"{aligned[k]:.3f}")
     console.print(table)
+    if bench:
+        console.print(
+            f"critique reward model on the held-out reward bench: Acc {bench['acc']:.3f}, Acc+ {bench['acc_plus']:.3f}"
+        )
     console.print(f"wall time {wall:.0f} s")
     console.print(
-        f"outputs: {out}/metrics.json, {out}/sft/final (model), "
-        f"{out}/eval/sft/report.html (evaluation report)"
+        f"outputs: {out}/metrics.json, {out}/report.html, models in {out}/sft/final and {out}/dpo/final"
     )

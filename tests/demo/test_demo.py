@@ -1,5 +1,6 @@
-"""`mmrlhf demo` end to end on a miniature world (a few SFT steps): every stage runs, the metrics
-file has the documented keys, and a re-run is served from the cache."""
+"""`mmrlhf demo` end to end on a miniature world (a few steps per stage): every stage runs (SFT,
+candidates, annotation, critique RM, reward bench, margins, MM-DPO, both evaluations, report),
+the metrics file has the documented keys, and a re-run is served from the cache."""
 
 from __future__ import annotations
 
@@ -25,13 +26,21 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         out=tmp_path / "demo",
         n_scenes=40,
         overrides=("train.max_steps=3", "train.batch_size=4", "train.save_every=2"),
+        rm_queries=12,
+        dpo_queries=8,
+        bench_queries=6,
+        rm_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
+        dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
     )
     first = run_demo(settings)
     for key in KEYS:
-        assert key in first["sft"], key
+        assert key in first["sft"] and key in first["aligned"], key
+    assert 0.0 <= first["reward_bench"]["acc"] <= 1.0
+    assert first["dpo"]["steps"] == 2 and first["dpo"]["shared_prefix"]
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert saved["sft"] == first["sft"] and saved["wall_seconds"] > 0
-    assert (tmp_path / "demo" / "eval" / "sft" / "report.html").is_file()
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "reward bench" in page and "MM-DPO training" in page and "<b>aligned</b>" in page
     again = run_demo(settings)
     assert again["sft"] == first["sft"]
     # every stage was cached: the second run only reads files back

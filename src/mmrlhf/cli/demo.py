@@ -12,19 +12,52 @@ def demo(
         Path("mmrlhf_out/demo"), "--out", help="Output folder (stages are cached here)."
     ),
     n: int = typer.Option(2000, "--n", help="Number of world scenes (train + test)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the world, the model and training."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the world, the models and training."),
     sft_config: Path = typer.Option(
         None, "--sft-config", help="SFT config (default: configs/world/sft.yaml)."
+    ),
+    rm_config: Path = typer.Option(
+        None, "--rm-config", help="Reward model config (default: configs/world/rm_critique.yaml)."
+    ),
+    dpo_config: Path = typer.Option(
+        None, "--dpo-config", help="MM-DPO config (default: configs/world/dpo.yaml)."
+    ),
+    rm_override: list[str] = typer.Option(
+        None,
+        "--rm-override",
+        help="Reward model config override (repeatable), e.g. train.max_steps=100.",
+    ),
+    dpo_override: list[str] = typer.Option(
+        None, "--dpo-override", help="MM-DPO config override (repeatable), e.g. loss.w=0."
+    ),
+    rm_queries: int = typer.Option(
+        1200, "--rm-queries", help="Annotated queries for the reward model."
+    ),
+    dpo_queries: int = typer.Option(600, "--dpo-queries", help="Scored queries for MM-DPO."),
+    bench_queries: int = typer.Option(
+        300, "--bench-queries", help="Held-out reward-bench queries."
     ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
     ),
 ) -> None:
-    """Run the main job: world -> tiny VLM -> SFT -> held-out check; prints where outputs are."""
+    """Run the main job: world -> SFT -> candidates -> simulated annotation -> critique reward
+    model -> margins -> MM-DPO -> evaluation of SFT vs aligned -> report."""
     from mmrlhf.demo import DemoSettings, run_demo
 
     run_demo(
         DemoSettings(
-            out=out, n_scenes=n, seed=seed, sft_config=sft_config, overrides=tuple(overrides or ())
+            out=out,
+            n_scenes=n,
+            seed=seed,
+            sft_config=sft_config,
+            overrides=tuple(overrides or ()),
+            rm_config=rm_config,
+            rm_overrides=tuple(rm_override or ()),
+            dpo_config=dpo_config,
+            dpo_overrides=tuple(dpo_override or ()),
+            rm_queries=rm_queries,
+            dpo_queries=dpo_queries,
+            bench_queries=bench_queries,
         )
     )
