@@ -29,7 +29,8 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         rm_queries=12,
         dpo_queries=8,
         bench_queries=6,
-        rm_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
+        rm_steps=2,
+        rm_overrides=("train.batch_size=4", "train.save_every=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
     )
     first = run_demo(settings)

@@ -34,8 +34,9 @@ def demo(
         1200, "--rm-queries", help="Annotated queries for the reward model."
     ),
     dpo_queries: int = typer.Option(600, "--dpo-queries", help="Scored queries for MM-DPO."),
+    rm_steps: int = typer.Option(150, "--rm-steps", help="Reward-model training steps."),
     bench_queries: int = typer.Option(
-        300, "--bench-queries", help="Held-out reward-bench queries."
+        200, "--bench-queries", help="Held-out reward-bench queries."
     ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
@@ -59,5 +60,6 @@ def demo(
             rm_queries=rm_queries,
             dpo_queries=dpo_queries,
             bench_queries=bench_queries,
+            rm_steps=rm_steps,
         )
     )
