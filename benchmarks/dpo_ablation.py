@@ -6,7 +6,8 @@ with the world suite on unseen scenes):
 - ``mmdpo_all``:  dynamic reward scaling (the demo's w), all pairs per query;
 - ``dpo_all``:    plain DPO (w = 0), all pairs per query;
 - ``mmdpo_one``:  dynamic scaling, one pair per query (best vs next);
-- ``dpo_one``:    plain DPO, one pair per query (what pair-at-a-time pipelines do).
+- ``dpo_one``:    plain DPO, one pair per query (what pair-at-a-time pipelines do);
+- ``mmdpo_all_nll``: dynamic scaling, all pairs, plus MM-RLHF's published NLL term (gamma 0.25).
 
 Usage::
 
@@ -28,6 +29,7 @@ VARIANTS = {
     "dpo_all": ["loss.w=0"],
     "mmdpo_one": ["data.max_pairs_per_query=1"],
     "dpo_one": ["loss.w=0", "data.max_pairs_per_query=1"],
+    "mmdpo_all_nll": ["loss.gamma=0.25"],
 }
 KEYS = (
     "chair_i",
