@@ -83,6 +83,32 @@ def test_dpo_learns_and_reuses_the_reference_cache(tiny_models, circle_data, tmp
     torch.testing.assert_close(torch.tensor(b["losses"]), torch.tensor(a["losses"]))
 
 
+def test_reference_copy_and_lookahead_equal_loading_the_reference(
+    tiny_models, circle_data, tmp_path
+):
+    """Default: the reference is a copy of the untrained policy, and a cache miss also computes
+    the next queries (up to ref.batch_queries). Loading ref.path from disk and computing one
+    step's queries at a time must give the same losses."""
+    data = _prefs(circle_data, tmp_path / "prefs.jsonl")
+    a = run_dpo(_cfg(tiny_models, data, tmp_path / "a", "train.max_steps=3"))
+    b = run_dpo(
+        _cfg(
+            tiny_models,
+            data,
+            tmp_path / "b",
+            "train.max_steps=3",
+            f"ref.path={tiny_models['llava']}",
+            f"ref.cache_dir={tmp_path}/refcache_b",
+            "ref.batch_queries=1",
+        )
+    )
+    assert a["ref_computed"] == 36  # 12 queries x 3: the look-ahead filled the whole epoch
+    assert b["ref_computed"] == 36
+    torch.testing.assert_close(
+        torch.tensor(a["losses"]), torch.tensor(b["losses"]), atol=1e-6, rtol=1e-6
+    )
+
+
 def test_shared_prefix_and_full_forwards_train_the_same(tiny_models, circle_data, tmp_path):
     data = _prefs(circle_data, tmp_path / "prefs.jsonl")
     s = run_dpo(_cfg(tiny_models, data, tmp_path / "s", "train.max_steps=3"))

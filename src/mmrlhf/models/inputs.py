@@ -99,6 +99,11 @@ def render(processor: Any, record: Record, response: str | None) -> tuple[str, s
     )
     if response is None:
         return prompt, ""
+    return prompt, _completion_after(processor, record, response, prompt)
+
+
+def _completion_after(processor: Any, record: Record, response: str, prompt: str) -> str:
+    """The completion text: the full conversation rendered with ``response``, minus ``prompt``."""
     full = processor.apply_chat_template(to_messages(record, response), tokenize=False)
     if not full.startswith(prompt):
         raise RecordError(
@@ -109,7 +114,7 @@ def render(processor: Any, record: Record, response: str | None) -> tuple[str, s
         )
     # Newlines after the final end-of-turn token separate turns; nothing follows them, so they
     # are not trained.
-    return prompt, full[len(prompt) :].rstrip("\n")
+    return full[len(prompt) :].rstrip("\n")
 
 
 def _placeholder_count(processor: Any, text: str) -> tuple[int, int]:
@@ -150,20 +155,66 @@ def encode(
     ``max_length`` counts every token including image tokens. Over it, the default is a clear
     error; ``truncate_response=True`` cuts the response instead (never the prompt or its image
     tokens, which would desynchronise image features and image tokens).
-    ``images`` lets a caller that encodes several responses of one record load its media once.
+    ``images`` lets a caller that encodes several responses of one record load its media once
+    (:func:`encode_responses` goes further and runs the processor once).
     """
+    text, field_name = _response_text(record, response)
+    imgs, frames = images if images is not None else _images_for(record, media_root)
+    prompt, completion = render(processor, record, text)
+    prompt_ex = _encode_prompt(record, prompt, processor, imgs, frames)
+    return _with_completion(
+        record, prompt_ex, completion, processor, max_length, truncate_response, field_name
+    )
+
+
+def encode_responses(
+    record: Record,
+    responses: Sequence[int],
+    processor: Any,
+    *,
+    media_root: str | Path | None = None,
+    max_length: int | None = None,
+    truncate_response: bool = False,
+    images: tuple[list[Any], list[Any]] | None = None,
+) -> tuple[Example, list[Example]]:
+    """The generation prompt and ``record.responses[i]`` for each ``i``, with the processor
+    (image preprocessing, template, tokenizer) run **once** for the prompt.
+
+    Returns ``(prompt example, full examples)``; each full example equals
+    ``encode(record, i, ...)`` token for token and shares the prompt's vision tensors (no copy).
+    Why: the processor costs as much as a tiny model's forward, and preference training encodes
+    K responses of one image.
+    """
+    imgs, frames = images if images is not None else _images_for(record, media_root)
+    prompt, _ = render(processor, record, None)
+    prompt_ex = _encode_prompt(record, prompt, processor, imgs, frames)
+    fulls = []
+    for i in responses:
+        text, field_name = _response_text(record, i)
+        # one template render per response: the prompt is the same for all of them
+        completion = _completion_after(processor, record, text, prompt)
+        fulls.append(
+            _with_completion(
+                record, prompt_ex, completion, processor, max_length, truncate_response, field_name
+            )
+        )
+    return prompt_ex, fulls
+
+
+def _response_text(record: Record, response: str | int | None) -> tuple[str | None, str]:
     if isinstance(response, int):
         if not 0 <= response < record.k:
             raise RecordError(
                 "responses", f"index {response} out of range (K={record.k})", source=record.id
             )
-        field_name = f"responses[{response}].text"
-        response = record.responses[response].text
-    else:
-        field_name = "response"
-    imgs, frames = images if images is not None else _images_for(record, media_root)
-    prompt, completion = render(processor, record, response)
+        return record.responses[response].text, f"responses[{response}].text"
+    return response, "response"
 
+
+def _encode_prompt(
+    record: Record, prompt: str, processor: Any, imgs: list[Any], frames: list[Any]
+) -> Example:
+    """The rendered prompt through the processor, with the image-token checks."""
     n_img, n_vid = _placeholder_count(processor, prompt)
     if n_img != len(imgs) or n_vid != (1 if frames else 0):
         raise RecordError(
@@ -198,7 +249,29 @@ def encode(
                 f"the processor expects {expected} for {len(imgs)} image(s)",
                 source=record.id,
             )
+    vision = {k: v for k, v in enc.items() if k not in TOKEN_KEYS and isinstance(v, torch.Tensor)}
+    extra = {k: enc[k][0] for k in ("mm_token_type_ids", "token_type_ids") if k in enc}
+    return Example(
+        record_id=record.id,
+        input_ids=prompt_ids,
+        labels=torch.full_like(prompt_ids, IGNORE_INDEX),
+        prompt_length=len(prompt_ids),
+        vision=vision,
+        extra_token_tensors=extra,
+    )
 
+
+def _with_completion(
+    record: Record,
+    prompt: Example,
+    completion: str,
+    processor: Any,
+    max_length: int | None,
+    truncate_response: bool,
+    field_name: str,
+) -> Example:
+    """``prompt`` followed by the tokenized ``completion``, labels on the completion only."""
+    prompt_ids = prompt.input_ids
     comp_ids = torch.tensor(
         processor.tokenizer(completion, add_special_tokens=False)["input_ids"], dtype=torch.long
     )
@@ -216,18 +289,17 @@ def encode(
     input_ids = torch.cat([prompt_ids, comp_ids])
     labels = input_ids.clone()
     labels[: len(prompt_ids)] = IGNORE_INDEX
-    vision = {k: v for k, v in enc.items() if k not in TOKEN_KEYS and isinstance(v, torch.Tensor)}
-    extra = {}
-    for k in ("mm_token_type_ids", "token_type_ids"):
-        if k in enc:
-            # Response tokens are text: type 0.
-            extra[k] = torch.cat([enc[k][0], torch.zeros(len(comp_ids), dtype=enc[k].dtype)])
+    # Response tokens are text: token type 0.
+    extra = {
+        k: torch.cat([v, torch.zeros(len(comp_ids), dtype=v.dtype)])
+        for k, v in prompt.extra_token_tensors.items()
+    }
     return Example(
         record_id=record.id,
         input_ids=input_ids,
         labels=labels,
         prompt_length=len(prompt_ids),
-        vision=vision,
+        vision=prompt.vision,
         extra_token_tensors=extra,
     )
 

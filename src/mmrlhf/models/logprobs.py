@@ -30,11 +30,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from mmrlhf.data.record import Record
-from mmrlhf.models.inputs import IGNORE_INDEX, Example, collate, encode, load_media
+from mmrlhf.models.inputs import IGNORE_INDEX, Example, collate, encode_responses
 
 log = logging.getLogger(__name__)
+
+#: A continuation forward's fixed cost in padded-token units, for :func:`length_buckets`.
+#: Measured on the tiny world VLM (CPU, 1 thread): one more forward costs about as much as 128
+#: padded response tokens; on GPUs a forward's fixed cost is relatively larger, so fewer splits.
+BUCKET_OVERHEAD_TOKENS = 128
 
 
 @dataclass
@@ -70,6 +76,8 @@ def _finish(per_token: list[torch.Tensor]) -> ResponseLogps:
 def separate_logps(model: torch.nn.Module, batch: dict[str, Any]) -> ResponseLogps:
     """Log-probs from full (prompt + response) sequences, one row per response (right padded,
     labels -100 outside the response), as :func:`mmrlhf.models.inputs.collate` builds them."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     # logits only from the first labelled position on: the vocabulary projection of the prompt
@@ -106,90 +114,173 @@ def build_groups(
     media_root: str | Path | None = None,
     max_length: int | None = None,
 ) -> tuple[list[_Group], list[Example]]:
-    """Encode each record's prompt once and each listed response once.
+    """Encode each record's prompt (and image) once and each listed response once.
 
     Returns the groups (for the shared path) and the full examples (for the separate path and
-    for checks). Media are loaded once per record. Raises when the chat template tokenizes the
-    prompt differently inside the full sequence than alone (the shared path would then not be
-    exact); :func:`response_logps` catches that and falls back to the separate path.
+    for checks). The processor runs once per record; each response is tokenized on its own and
+    appended, exactly as :func:`mmrlhf.models.inputs.encode` does for a single response.
     """
     groups, fulls = [], []
     for rec, idxs in zip(records, responses, strict=True):
-        media = load_media(rec, media_root)
-        prompt = encode(rec, None, processor, media_root=media_root, images=media)
+        prompt, exs = encode_responses(
+            rec, idxs, processor, media_root=media_root, max_length=max_length
+        )
         comps, labs = [], []
-        for i in idxs:
-            ex = encode(
-                rec, i, processor, media_root=media_root, max_length=max_length, images=media
-            )
+        for ex in exs:
             p = ex.prompt_length
-            if p != len(prompt.input_ids) or not torch.equal(ex.input_ids[:p], prompt.input_ids):
-                raise ValueError(
-                    f"record {rec.id}: the prompt tokenizes differently inside the full sequence"
-                )
             comps.append(ex.input_ids[p:])
             labs.append(ex.labels[p:])
-            fulls.append(ex)
+        fulls += exs
         groups.append(_Group(prompt, comps, labs))
     return groups, fulls
 
 
+def _lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """``(decoder, lm_head)`` of a ``*ForConditionalGeneration`` VLM, through a peft wrapper.
+
+    The decoder returns hidden states without the vocabulary projection, so the head runs only
+    at labelled positions. None where the model does not have that layout.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    if not isinstance(inner, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+        return None
+    return inner, head
+
+
+def length_buckets(lengths: Sequence[int], overhead: int) -> list[list[int]]:
+    """Split rows into buckets of similar length, minimising padded tokens + ``overhead`` per
+    bucket (one forward's fixed cost, in token units). Returns lists of row indices.
+
+    Exact dynamic programme over the sorted distinct lengths: a bucket is a run of consecutive
+    sorted rows and costs ``rows * longest + overhead``.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    distinct = sorted(set(lengths))
+    count = [sum(1 for x in lengths if x == d) for d in distinct]
+    # best[j]: cost of bucketing the rows with the j shortest distinct lengths; cut[j]: where
+    # the last bucket of that solution starts
+    best, cut = [0.0] * (len(distinct) + 1), [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        best[j], rows = float("inf"), 0
+        for i in range(j, 0, -1):
+            rows += count[i - 1]
+            c = best[i - 1] + rows * distinct[j - 1] + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i - 1
+    bounds, j = [], len(distinct)
+    while j > 0:
+        bounds.append(distinct[j - 1])
+        j = cut[j]
+    buckets, start = [], 0
+    for hi in reversed(bounds):
+        end = start
+        while end < len(order) and lengths[order[end]] <= hi:
+            end += 1
+        buckets.append(order[start:end])
+        start = end
+    return buckets
+
+
 def shared_prefix_logps(
-    model: torch.nn.Module, groups: Sequence[_Group], pad_token_id: int
+    model: torch.nn.Module,
+    groups: Sequence[_Group],
+    pad_token_id: int,
+    bucket_overhead: int = BUCKET_OVERHEAD_TOKENS,
 ) -> ResponseLogps:
-    """Log-probs of every group's responses with one prompt forward per group (see module doc)."""
+    """Log-probs of every group's responses with one prompt forward per group (see module doc).
+
+    The responses run as continuation batches of similar length (:func:`length_buckets`), so a
+    6-token answer is not padded to a 60-token description; the vocabulary projection and
+    log-softmax run once, over the labelled positions of all buckets.
+    """
+    parts = _lm_parts(model)
+    if parts is None:
+        raise ValueError(f"{type(model).__name__}: no decoder/lm_head pair for the shared path")
+    decoder, head = parts
+    device = head.weight.device
     # 1. prompts, left padded so every prompt ends at the last column; positions count from each
     #    row's first real token, as in an unpadded forward
     pb = collate([g.prompt for g in groups], pad_token_id, padding_side="left")
     pb.pop("labels")
+    pb = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in pb.items()}
     pmask = pb["attention_mask"]
     is_qwen = getattr(model.config, "model_type", "").startswith("qwen2")
     kwargs: dict[str, Any] = {}
     if not is_qwen:
         kwargs["position_ids"] = (pmask.cumsum(1) - 1).clamp(min=0)
-    out = model(**pb, **kwargs, use_cache=True, logits_to_keep=1)
+    out = decoder(**pb, **kwargs, use_cache=True)
     cache = out.past_key_values
-    last_logits = out.logits[:, -1]  # [B, V] predicts each response's first token
+    last_hidden = out.last_hidden_state[:, -1]  # [B, H] predicts each response's first token
+    deltas = getattr(decoder, "rope_deltas", None) if is_qwen else None
 
-    # 2. repeat each prompt's cache row once per response (index_select keeps the graph)
     owner = torch.tensor(
-        [gi for gi, g in enumerate(groups) for _ in g.completions], dtype=torch.long
+        [gi for gi, g in enumerate(groups) for _ in g.completions], dtype=torch.long, device=device
     )
-    cache.reorder_cache(owner)
     comps = [c for g in groups for c in g.completions]
     labs = [x for g in groups for x in g.completion_labels]
-    lr = max(len(c) for c in comps)
-    n = len(comps)
-    ids = torch.full((n, lr), pad_token_id, dtype=torch.long)
-    rmask = torch.zeros((n, lr), dtype=torch.long)
-    for i, c in enumerate(comps):
-        ids[i, : len(c)] = c
-        rmask[i, : len(c)] = 1
-    lp = pmask.shape[1]
-    mask = torch.cat([pmask[owner], rmask], dim=1)
     plen = pmask.sum(1)[owner]
-    cont: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache}
-    cont["cache_position"] = torch.arange(lp, lp + lr)
-    if is_qwen:
-        # text positions continue after the prompt's multimodal positions (rope_deltas)
-        deltas = (
-            model.model.rope_deltas[owner]
-            if getattr(model.model, "rope_deltas", None) is not None
-            else 0
-        )
-        pos = (plen.unsqueeze(1) + torch.arange(lr).unsqueeze(0)) + deltas
-        cont["position_ids"] = pos.unsqueeze(0).expand(3, -1, -1)
-    else:
-        cont["position_ids"] = plen.unsqueeze(1) + torch.arange(lr).unsqueeze(0)
-    logits = model(**cont, use_cache=False).logits  # [N, lr, V]
+    lp = pmask.shape[1]
+    layers = getattr(cache, "layers", None)
+    buckets = (
+        length_buckets([len(c) for c in comps], bucket_overhead)
+        if layers is not None and all(type(x).__name__ == "DynamicLayer" for x in layers)
+        else [list(range(len(comps)))]  # other cache types: one batch, as reorder_cache allows
+    )
 
-    # 3. response token t is predicted by the logits before it: the prompt's last for t = 0
-    per_token = []
-    for i, (c, lab) in enumerate(zip(comps, labs, strict=True)):
-        preds = torch.cat([last_logits[owner[i]].unsqueeze(0), logits[i, : len(c) - 1]], dim=0)
-        tok = _token_logps(preds, c)
-        per_token.append(tok[lab != IGNORE_INDEX])
-    return _finish(per_token)
+    # 2. per bucket: repeat each prompt's cache row once per response (index_select keeps the
+    #    graph, so gradients reach the prompt computation) and run the responses
+    sel_hidden, sel_target, sel_row = [], [], []
+    for rows in buckets:
+        idx = torch.tensor(rows, dtype=torch.long, device=device)
+        own = owner[idx]
+        if len(buckets) == 1:
+            cache.reorder_cache(own)
+            bcache = cache
+        else:
+            bcache = DynamicCache(
+                ddp_cache_data=[
+                    (x.keys.index_select(0, own), x.values.index_select(0, own)) for x in layers
+                ]
+            )
+        lr = max(len(comps[i]) for i in rows)
+        ids = torch.full((len(rows), lr), pad_token_id, dtype=torch.long)
+        lab = torch.full((len(rows), lr), IGNORE_INDEX, dtype=torch.long)
+        rmask = torch.zeros((len(rows), lr), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, : len(comps[i])] = comps[i]
+            lab[r, : len(comps[i])] = labs[i]
+            rmask[r, : len(comps[i])] = 1
+        ids, lab, rmask = ids.to(device), lab.to(device), rmask.to(device)
+        cont: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.cat([pmask[own], rmask], dim=1),
+            "past_key_values": bcache,
+            "cache_position": torch.arange(lp, lp + lr, device=device),
+        }
+        pos = plen[idx].unsqueeze(1) + torch.arange(lr, device=device).unsqueeze(0)
+        if is_qwen:
+            # text positions continue after the prompt's multimodal positions (rope_deltas)
+            pos = pos + (deltas[own] if deltas is not None else 0)
+            cont["position_ids"] = pos.unsqueeze(0).expand(3, -1, -1)
+        else:
+            cont["position_ids"] = pos
+        hid = decoder(**cont, use_cache=False).last_hidden_state  # [n_b, lr, H]
+        # 3. response token t is predicted by the hidden state before it: the prompt's last for
+        #    t = 0
+        pred = torch.cat([last_hidden[own].unsqueeze(1), hid[:, :-1]], dim=1)
+        keep = lab != IGNORE_INDEX
+        sel_hidden.append(pred[keep])
+        sel_target.append(ids[keep])
+        sel_row.append(idx.unsqueeze(1).expand(-1, lr)[keep])
+
+    # 4. one vocabulary projection + float32 log-softmax over every labelled position, summed
+    #    per response
+    tok = _token_logps(head(torch.cat(sel_hidden)), torch.cat(sel_target))
+    row = torch.cat(sel_row)
+    logps = torch.zeros(len(comps), dtype=tok.dtype, device=device).index_add(0, row, tok)
+    n = torch.bincount(row, minlength=len(comps)).cpu()
+    return ResponseLogps(logps=logps, nll=-logps / n.clamp(min=1).to(logps), n_tokens=n)
 
 
 def response_logps(
