@@ -56,6 +56,12 @@ class SFTDataConfig:
     truncate_response: bool = opt(False, "Cut over-long responses instead of raising an error.")
     on_bad_record: str = opt("error", "error: stop at the first bad record; skip: skip and report.")
     limit: int = opt(0, "Use only the first N records (0: all).")
+    cache_encodings: bool = opt(
+        True,
+        "Keep each example's encoding after its first use (image tensors shared between "
+        "records of one image file). The processor is ~25% of a tiny-model SFT step; costs about "
+        "one preprocessed image per distinct image file of memory (62 KB for a 72 px image).",
+    )
 
     def validate(self) -> list[str]:
         out = []
@@ -119,6 +125,8 @@ class SFTDataset(Dataset):
             cfg,
         )
         self.items: list[tuple[int, int]] = []
+        self._encoded: dict[int, Example] = {}
+        self._vision: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
         for ri, r in enumerate(records):
             if cfg.response == "best" and r.ranking is not None:
                 self.items.append((ri, r.ranking.groups[0][0]))
@@ -136,15 +144,26 @@ class SFTDataset(Dataset):
         ]
 
     def __getitem__(self, i: int) -> Example:
+        hit = self._encoded.get(i)
+        if hit is not None:
+            return hit
         ri, k = self.items[i]
-        return encode(
-            self.records[ri],
+        rec = self.records[ri]
+        ex = encode(
+            rec,
             k,
             self.processor,
             media_root=self.media_root,
             max_length=self.cfg.max_length,
             truncate_response=self.cfg.truncate_response,
         )
+        if self.cfg.cache_encodings:
+            # The same image file preprocesses to the same tensors: keep one copy per file.
+            paths = tuple(im.path or "" for im in rec.images)
+            if rec.images and all(paths) and rec.video is None:
+                ex.vision = self._vision.setdefault(paths, ex.vision)
+            self._encoded[i] = ex
+        return ex
 
 
 def token_loss_sum(
