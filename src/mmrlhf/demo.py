@@ -119,6 +119,86 @@ def _split_queries(pool: list[Any], s: DemoSettings) -> list[Any]:
     return rm + desc + other
 
 
+def _eval_job(model_path: str, world_dir: str, out_dir: str, name: str, seed: int) -> dict:
+    """The world suite on one model (a worker process's job; one compute thread)."""
+    import torch
+
+    from mmrlhf.evaluation.suite import run_world_suite
+    from mmrlhf.models.load import ModelConfig, load_vlm
+    from mmrlhf.world.generate import load_world
+
+    torch.set_num_threads(1)
+    t = time.time()
+    m, proc = load_vlm(ModelConfig(path=model_path, device="cpu"), for_training=False)
+    res = run_world_suite(
+        m, proc, load_world(world_dir), out_dir, name=name, seed=seed, progress=False
+    )
+    return {"metrics": res, "seconds": round(time.time() - t, 2)}
+
+
+def _bench_job(rm_path: str, bench_file: str, media_root: str, scored: str, metrics: str) -> dict:
+    """The reward bench: the RM scores held-out queries with critiques it generates."""
+    import torch
+
+    from mmrlhf.data.io import load_records
+    from mmrlhf.evaluation.metrics.rewardbench import rewardbench_metrics, rows_from_records
+    from mmrlhf.models.reward import RewardModel
+    from mmrlhf.reward.score import score_records
+
+    torch.set_num_threads(1)
+    t = time.time()
+    rm = RewardModel.from_pretrained(rm_path, device="cpu")
+    bench, _ = load_records(bench_file)
+    out = score_records(
+        rm,
+        rm.processor,
+        bench,
+        media_root=media_root,
+        out_path=scored,
+        batch_size=48,
+        max_new_tokens=64,
+        progress=False,
+    )
+    bm = rewardbench_metrics(rows_from_records(out))
+    Path(metrics).write_text(json.dumps(bm, indent=1))
+    return {"metrics": bm, "seconds": round(time.time() - t, 2)}
+
+
+class _Background:
+    """One worker process beside the main loop. Every demo stage computes on one thread (the
+    tiny model is fastest that way), so on two cores an evaluation or the reward bench can run
+    while the next stage trains: SFT eval beside candidates/annotation/RM, the reward bench
+    beside MM-DPO. Jobs are started in a fresh interpreter ("spawn"), never forked from a
+    process that holds torch threads."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self.jobs: dict[str, Any] = {}
+
+    def submit(self, key: str, fn: Callable[..., dict], *args: Any) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        self.jobs[key] = self.pool.submit(fn, *args)
+        console.print(f"[dim]{key}: started in the background[/dim]")
+
+    def result(self, key: str, timings: dict[str, float]) -> dict[str, Any]:
+        """Wait for a job; its own duration goes to ``timings[key]``, the wait to ``wait_<key>``."""
+        t = time.time()
+        res = self.jobs.pop(key).result()
+        timings[key] = res["seconds"]
+        timings[f"wait_{key}"] = round(time.time() - t, 2)
+        return res["metrics"]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def _run_stage(
     timings: dict[str, float], key: str, title: str, done: bool, fn: Callable[[], Any]
 ) -> Any:
@@ -152,6 +232,14 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     logging.basicConfig(level=logging.WARNING)
+    import os
+
+    import torch
+
+    # Every stage computes on one thread per process (measured fastest for the tiny model on
+    # 2 cores) and a worker process takes the evaluations, so two cores are both busy.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    bg = _Background()
 
     # 1. world (a world from before the POPE/safety sets existed is regenerated)
     world_dir = out / "world"
@@ -222,7 +310,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         do_sft,
     )
 
-    # 4. evaluation of the SFT model
+    # 4. evaluation of the SFT model: in the background, beside stages 5-7
     def evaluate(model_path: Path, name: str) -> dict[str, Any]:
         d = out / "eval" / name
         if (d / "metrics.json").exists():
@@ -230,13 +318,18 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         m, proc = load_vlm(ModelConfig(path=str(model_path), device="cpu"), for_training=False)
         return run_world_suite(m, proc, load_world(world_dir), d, name=name, seed=s.seed)
 
-    sft_metrics = _run_stage(
-        timings,
-        "eval_sft",
-        "4/12 eval: world suite on the SFT model (unseen scenes)",
-        (out / "eval" / "sft" / "metrics.json").exists(),
-        lambda: evaluate(sft_final, "sft"),
-    )
+    sft_eval_file = out / "eval" / "sft" / "metrics.json"
+    _stage("4/12 eval: world suite on the SFT model (unseen scenes)", sft_eval_file.exists())
+    if not sft_eval_file.exists():
+        bg.submit(
+            "eval_sft",
+            _eval_job,
+            str(sft_final),
+            str(world_dir),
+            str(out / "eval" / "sft"),
+            "sft",
+            s.seed,
+        )
 
     # 5-6. candidates (with one SFT sample each) and simulated annotation
     prefs = out / "prefs"
@@ -318,55 +411,52 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         do_rm,
     )
 
-    # 8-9. reward bench and DPO margins, both scored by the RM with generated critiques
-    from mmrlhf.evaluation.metrics.rewardbench import rewardbench_metrics, rows_from_records
-    from mmrlhf.models.reward import RewardModel
-    from mmrlhf.reward.score import score_records
-
+    # 8. reward bench (held-out scenes, generated critiques): in the background, beside 9-10
     bench_scored, dpo_scored = prefs / "rewardbench_scored.jsonl", prefs / "dpo_scored.jsonl"
     bench_metrics_file = prefs / "rewardbench_metrics.json"
-    cached = (
-        bench_metrics_file.exists()
-        and dpo_scored.exists()
-        and (prefs / ".dpo_scored.done").exists()
-    )
+    _stage("8/12 reward bench (unseen scenes, generated critiques)", bench_metrics_file.exists())
+    if not bench_metrics_file.exists():
+        bg.submit(
+            "rewardbench",
+            _bench_job,
+            str(rm_final),
+            str(bench_file),
+            str(prefs),
+            str(bench_scored),
+            str(bench_metrics_file),
+        )
 
-    def do_scoring() -> dict[str, Any]:
+    # 9. DPO margins
+    cached = dpo_scored.exists() and (prefs / ".dpo_scored.done").exists()
+
+    def do_margins() -> None:
         if cached:
-            return json.loads(bench_metrics_file.read_text())
+            return
+        from mmrlhf.models.reward import RewardModel
+        from mmrlhf.reward.score import score_records
+
         rm = RewardModel.from_pretrained(rm_final, device="cpu")
-        proc = rm.processor
-        bench, _ = load_records(bench_file)
-        scored = score_records(
-            rm,
-            proc,
-            bench,
-            media_root=prefs,
-            out_path=bench_scored,
-            batch_size=48,
-            max_new_tokens=64,
-        )
-        bm = rewardbench_metrics(rows_from_records(scored))
-        bench_metrics_file.write_text(json.dumps(bm, indent=1))
-        console.print(
-            f"reward bench: Acc {bm['acc']:.3f}, Acc+ {bm['acc_plus']:.3f} over {bm['n_pairs']} pairs"
-        )
         recs, _ = load_records(dpo_file)
         # The DPO queries are annotated data: their annotators' critiques exist, and the RM
         # scores with them ("given", one of MM-RLHF's scoring variants) - more faithful margins,
         # and no critique generation for 4 x dpo_queries responses (about 4x the bench's cost).
         score_records(
-            rm, proc, recs, mode="given", media_root=prefs, out_path=dpo_scored, batch_size=48
+            rm,
+            rm.processor,
+            recs,
+            mode="given",
+            media_root=prefs,
+            out_path=dpo_scored,
+            batch_size=48,
         )
         (prefs / ".dpo_scored.done").write_text("ok")
-        return bm
 
-    bench_metrics = _run_stage(
+    _run_stage(
         timings,
-        "scoring",
-        "8-9/12 reward bench (unseen scenes, generated critiques) and DPO margins",
+        "margins",
+        "9/12 DPO margins (RM scores with the annotators' critiques)",
         cached,
-        do_scoring,
+        do_margins,
     )
 
     # 10. MM-DPO
@@ -402,7 +492,20 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         do_dpo,
     )
 
-    # 11. evaluation of the aligned model
+    # 11. evaluation of the aligned model (the background jobs finish first: both cores free)
+    if "eval_sft" in bg.jobs:
+        sft_metrics = bg.result("eval_sft", timings)
+    else:
+        sft_metrics = json.loads(sft_eval_file.read_text())
+    if "rewardbench" in bg.jobs:
+        bench_metrics = bg.result("rewardbench", timings)
+    else:
+        bench_metrics = json.loads(bench_metrics_file.read_text())
+    bg.close()
+    console.print(
+        f"reward bench: Acc {bench_metrics['acc']:.3f}, Acc+ {bench_metrics['acc_plus']:.3f} "
+        f"over {bench_metrics['n_pairs']} pairs"
+    )
     aligned_metrics = _run_stage(
         timings,
         "eval_dpo",

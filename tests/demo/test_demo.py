@@ -40,6 +40,8 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
     assert first["dpo"]["steps"] == 2 and first["dpo"]["shared_prefix"]
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert saved["sft"] == first["sft"] and saved["wall_seconds"] > 0
+    # the SFT evaluation and the reward bench ran in the worker process, beside other stages
+    assert {"eval_sft", "rewardbench", "margins", "dpo"} <= set(first["stage_seconds"])
     page = (tmp_path / "demo" / "report.html").read_text()
     assert "reward bench" in page and "MM-DPO training" in page and "<b>aligned</b>" in page
     again = run_demo(settings)
