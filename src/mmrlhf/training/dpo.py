@@ -442,7 +442,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None, stop_after: int | None = 
                 # 7. Policy log-probs: one prompt forward per query, one per response.
                 with accelerator.autocast():
                     pol = query_logps(core, encodings, mb, shared)
-                chosen, rejected, delta = _flatten(mb)
+                dev = pol.logps.device
+                chosen, rejected, delta = (t.to(dev) for t in _flatten(mb))
                 loss, m = mmdpo_loss(
                     pol.logps,
                     ref_lp.to(pol.logps.device),
