@@ -18,7 +18,9 @@ Stages (each cached: a re-run skips what is done; a killed run resumes where it 
 11. eval-dpo  - the world suite on the aligned model;
 12. report    - report.html (SFT vs aligned, reward bench, DPO curves) and metrics.json.
 
-Budgets (on 2 CPU cores) are in :class:`DemoSettings`; every stage prints progress.
+Stages 4 and 8 run in a worker process beside the stages after them (every stage computes on one
+thread). Budgets are in :class:`DemoSettings`; every stage prints progress. Measured on 2 CPU
+cores: 575-646 s in all (docs/results.md).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ DEMO_KEYS = (
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets of the demo; the defaults fit about 15 minutes on 2 CPU cores."""
+    """Sizes and budgets of the demo; the defaults take about 10 minutes on 2 CPU cores."""
 
     out: Path
     n_scenes: int = 2000
