@@ -307,7 +307,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     _run_stage(
         timings,
         "sft",
-        f"3/12 sft: {cfg.train.max_steps} steps x batch {cfg.train.batch_size}",
+        f"3/12 sft: {cfg.train.max_steps} steps x {cfg.train.batch_size * cfg.train.grad_accum} examples",
         cached,
         do_sft,
     )

@@ -125,3 +125,17 @@ def test_schedule_warmup_then_cosine():
     assert lr_lambda(2, 10, 2, 0.1) == pytest.approx(1.0)
     assert lr_lambda(6, 10, 2, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway: cos(pi/2) = 0
     assert lr_lambda(10, 10, 2, 0.1) == pytest.approx(0.1)
+
+
+def test_sort_within_step_keeps_each_steps_examples():
+    """Lengths 0..11 shuffled; steps of 4: sorting within a step changes the order inside each
+    step only, so every step (and its accumulated gradient) holds the same examples."""
+    from mmrlhf.training.sft import epoch_order
+
+    lengths = [5, 1, 9, 3, 7, 2, 8, 6, 4, 0, 11, 10]
+    plain = epoch_order(lengths, 4, seed=3, group_by_length=False)
+    mixed = epoch_order(lengths, 4, seed=3, group_by_length=False, sort_within_step=True)
+    for b in range(0, 12, 4):
+        assert sorted(plain[b : b + 4]) == sorted(mixed[b : b + 4])
+        assert [lengths[i] for i in mixed[b : b + 4]] == sorted(lengths[i] for i in plain[b : b + 4])
+    assert mixed != plain  # seed 3 does not happen to produce sorted steps

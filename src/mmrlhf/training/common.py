@@ -42,6 +42,12 @@ class TrainConfig:
     num_workers: int = opt(0, "DataLoader worker processes encoding examples.")
     num_threads: int = opt(0, "torch intra-op threads for compute (0: torch's default).")
     group_by_length: bool = opt(True, "Batch examples of similar length together (less padding).")
+    sort_within_step: bool = opt(
+        False,
+        "Without group_by_length: sort each optimizer step's examples by length before cutting "
+        "them into its grad_accum micro-batches. The step's examples (and, by exact "
+        "accumulation, its gradient) are unchanged; the micro-batches pad less.",
+    )
     tensorboard: bool = opt(True, "Write TensorBoard event files under output_dir/tb.")
     progress: bool = opt(True, "Show a progress bar.")
 

@@ -194,17 +194,31 @@ def token_loss_sum(
     return loss, mask.sum(), correct
 
 
-def epoch_order(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[int]:
+def epoch_order(
+    lengths: list[int],
+    batch_size: int,
+    seed: int,
+    group_by_length: bool,
+    sort_within_step: bool = False,
+) -> list[int]:
     """The example order of one epoch, a pure function of the seed (so resume replays it).
+    ``batch_size`` is the optimizer step's size (batch_size * grad_accum).
 
     With ``group_by_length``, a shuffled order is cut into windows of 64 batches, each window is
     sorted by length and cut into batches, and the batches are shuffled: batches hold similar
     lengths (little padding; in the world, descriptions are 4x longer than short answers) while
-    the order stays random.
+    the order stays random. With ``sort_within_step`` instead, each step's slice of the shuffled
+    order is sorted by length: the same examples per step, shorter padding per micro-batch.
     """
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(lengths), generator=g).tolist()
     if not group_by_length:
+        if sort_within_step:
+            order = [
+                i
+                for b in range(0, len(order), batch_size)
+                for i in sorted(order[b : b + batch_size], key=lambda i: lengths[i])
+            ]
         return order
     window = 64 * batch_size
     batches = []
@@ -255,7 +269,9 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
         # Grouping works on whole optimizer steps (batch_size * grad_accum), so a step holds the
         # same examples whatever the accumulation split: accumulation stays exact.
         step_size = tc.batch_size * tc.grad_accum
-        order = epoch_order(lengths, step_size, tc.seed * 1000 + epoch, tc.group_by_length)
+        order = epoch_order(
+            lengths, step_size, tc.seed * 1000 + epoch, tc.group_by_length, tc.sort_within_step
+        )
         # Every process computes the same seeded order and takes its own stride of it (the
         # DataLoader is not handed to accelerate, whose sharding would re-shuffle); a resumed run
         # starts past the consumed batches without encoding them again.
