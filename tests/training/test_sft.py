@@ -137,5 +137,7 @@ def test_sort_within_step_keeps_each_steps_examples():
     mixed = epoch_order(lengths, 4, seed=3, group_by_length=False, sort_within_step=True)
     for b in range(0, 12, 4):
         assert sorted(plain[b : b + 4]) == sorted(mixed[b : b + 4])
-        assert [lengths[i] for i in mixed[b : b + 4]] == sorted(lengths[i] for i in plain[b : b + 4])
+        assert [lengths[i] for i in mixed[b : b + 4]] == sorted(
+            lengths[i] for i in plain[b : b + 4]
+        )
     assert mixed != plain  # seed 3 does not happen to produce sorted steps
