@@ -20,7 +20,7 @@ Stages (each cached: a re-run skips what is done; a killed run resumes where it 
 
 Stages 4 and 8 run in a worker process beside the stages after them (every stage computes on one
 thread). Budgets are in :class:`DemoSettings`; every stage prints progress. Measured on 2 CPU
-cores: 575-646 s in all (docs/results.md).
+cores: 575-666 s in all on a quiet machine (docs/results.md).
 """
 
 from __future__ import annotations
