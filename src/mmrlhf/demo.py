@@ -121,19 +121,27 @@ def _split_queries(pool: list[Any], s: DemoSettings) -> list[Any]:
     return rm + desc + other
 
 
-def _eval_job(model_path: str, world_dir: str, out_dir: str, name: str, seed: int) -> dict:
-    """The world suite on one model (a worker process's job; one compute thread)."""
+def _eval_job(
+    model_path: str,
+    world_dir: str,
+    out_dir: str,
+    name: str,
+    seed: int,
+    threads: int = 1,
+    progress: bool = False,
+) -> dict:
+    """The world suite on one model (the worker's job, or the main process's for stage 11)."""
     import torch
 
     from mmrlhf.evaluation.suite import run_world_suite
     from mmrlhf.models.load import ModelConfig, load_vlm
     from mmrlhf.world.generate import load_world
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     t = time.time()
     m, proc = load_vlm(ModelConfig(path=model_path, device="cpu"), for_training=False)
     res = run_world_suite(
-        m, proc, load_world(world_dir), out_dir, name=name, seed=seed, progress=False
+        m, proc, load_world(world_dir), out_dir, name=name, seed=seed, progress=progress
     )
     return {"metrics": res, "seconds": round(time.time() - t, 2)}
 
@@ -177,7 +185,10 @@ class _Background:
         self.pool: Any = None
         self.jobs: dict[str, Any] = {}
 
-    def submit(self, key: str, fn: Callable[..., dict], *args: Any) -> None:
+    def start(self, key: str, done_file: Path, fn: Callable[..., dict], *args: Any) -> None:
+        """Run ``fn(*args)`` in the worker unless ``done_file`` (its metrics) already exists."""
+        if done_file.exists():
+            return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -188,8 +199,11 @@ class _Background:
         self.jobs[key] = self.pool.submit(fn, *args)
         console.print(f"[dim]{key}: started in the background[/dim]")
 
-    def result(self, key: str, timings: dict[str, float]) -> dict[str, Any]:
-        """Wait for a job; its own duration goes to ``timings[key]``, the wait to ``wait_<key>``."""
+    def get(self, key: str, done_file: Path, timings: dict[str, float]) -> dict[str, Any]:
+        """The job's metrics (waiting for it; its own duration goes to ``timings[key]``, the wait
+        to ``wait_<key>``), or those of an earlier run read back from ``done_file``."""
+        if key not in self.jobs:
+            return json.loads(done_file.read_text())
         t = time.time()
         res = self.jobs.pop(key).result()
         timings[key] = res["seconds"]
@@ -215,7 +229,6 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     """Run (or resume) every stage; returns the metrics written to ``out/metrics.json``."""
     from mmrlhf.data.io import load_records
     from mmrlhf.evaluation.generate import generate_answers
-    from mmrlhf.evaluation.suite import run_world_suite
     from mmrlhf.models.load import ModelConfig, load_vlm
     from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm, tokenizer_corpus
     from mmrlhf.training.dpo import DPOConfig, run_dpo
@@ -313,25 +326,18 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     )
 
     # 4. evaluation of the SFT model: in the background, beside stages 5-7
-    def evaluate(model_path: Path, name: str) -> dict[str, Any]:
-        d = out / "eval" / name
-        if (d / "metrics.json").exists():
-            return json.loads((d / "metrics.json").read_text())
-        m, proc = load_vlm(ModelConfig(path=str(model_path), device="cpu"), for_training=False)
-        return run_world_suite(m, proc, load_world(world_dir), d, name=name, seed=s.seed)
-
     sft_eval_file = out / "eval" / "sft" / "metrics.json"
     _stage("4/12 eval: world suite on the SFT model (unseen scenes)", sft_eval_file.exists())
-    if not sft_eval_file.exists():
-        bg.submit(
-            "eval_sft",
-            _eval_job,
-            str(sft_final),
-            str(world_dir),
-            str(out / "eval" / "sft"),
-            "sft",
-            s.seed,
-        )
+    bg.start(
+        "eval_sft",
+        sft_eval_file,
+        _eval_job,
+        str(sft_final),
+        str(world_dir),
+        str(sft_eval_file.parent),
+        "sft",
+        s.seed,
+    )
 
     # 5-6. candidates (with one SFT sample each) and simulated annotation
     prefs = out / "prefs"
@@ -417,16 +423,16 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     bench_scored, dpo_scored = prefs / "rewardbench_scored.jsonl", prefs / "dpo_scored.jsonl"
     bench_metrics_file = prefs / "rewardbench_metrics.json"
     _stage("8/12 reward bench (unseen scenes, generated critiques)", bench_metrics_file.exists())
-    if not bench_metrics_file.exists():
-        bg.submit(
-            "rewardbench",
-            _bench_job,
-            str(rm_final),
-            str(bench_file),
-            str(prefs),
-            str(bench_scored),
-            str(bench_metrics_file),
-        )
+    bg.start(
+        "rewardbench",
+        bench_metrics_file,
+        _bench_job,
+        str(rm_final),
+        str(bench_file),
+        str(prefs),
+        str(bench_scored),
+        str(bench_metrics_file),
+    )
 
     # 9. DPO margins
     cached = dpo_scored.exists() and (prefs / ".dpo_scored.done").exists()
@@ -495,25 +501,32 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     )
 
     # 11. evaluation of the aligned model (the background jobs finish first: both cores free)
-    if "eval_sft" in bg.jobs:
-        sft_metrics = bg.result("eval_sft", timings)
-    else:
-        sft_metrics = json.loads(sft_eval_file.read_text())
-    if "rewardbench" in bg.jobs:
-        bench_metrics = bg.result("rewardbench", timings)
-    else:
-        bench_metrics = json.loads(bench_metrics_file.read_text())
+    sft_metrics = bg.get("eval_sft", sft_eval_file, timings)
+    bench_metrics = bg.get("rewardbench", bench_metrics_file, timings)
     bg.close()
     console.print(
         f"reward bench: Acc {bench_metrics['acc']:.3f}, Acc+ {bench_metrics['acc_plus']:.3f} "
         f"over {bench_metrics['n_pairs']} pairs"
     )
+    aligned_file = out / "eval" / "aligned" / "metrics.json"
     aligned_metrics = _run_stage(
         timings,
         "eval_dpo",
         "11/12 eval: world suite on the aligned model",
-        (out / "eval" / "aligned" / "metrics.json").exists(),
-        lambda: evaluate(dpo_final, "aligned"),
+        aligned_file.exists(),
+        lambda: (
+            json.loads(aligned_file.read_text())
+            if aligned_file.exists()
+            else _eval_job(
+                str(dpo_final),
+                str(world_dir),
+                str(aligned_file.parent),
+                "aligned",
+                s.seed,
+                torch.get_num_threads(),
+                progress=True,
+            )["metrics"]
+        ),
     )
 
     # 12. report + metrics.json

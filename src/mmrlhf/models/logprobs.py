@@ -6,7 +6,8 @@ Two exact ways, one result:
   image and prompt are encoded again for each response (what TRL does: twice per pair).
 - :func:`shared_prefix_logps` - each query's image(s) and prompt go through the model **once**
   (``use_cache=True``, with gradients); the key/value cache is then repeated for the query's K
-  responses, which are run as one continuation batch. Gradients flow back through the cache
+  responses, which run as continuation batches of similar length (:func:`length_buckets`), and
+  the vocabulary projection runs only at labelled positions. Gradients flow back through the cache
   into the shared prompt computation, so log-probs *and* gradients equal the separate path
   (tested to 1e-5 in fp32 for tiny LLaVA, LLaVA-OneVision and Qwen2-VL).
 
@@ -284,6 +285,20 @@ def shared_prefix_logps(
     return ResponseLogps(logps=logps, nll=-logps / n.clamp(min=1).to(logps), n_tokens=n)
 
 
+def groups_logps(
+    model: torch.nn.Module,
+    groups: Sequence[_Group],
+    fulls: Sequence[Example],
+    pad_token_id: int,
+    shared: bool = True,
+) -> tuple[ResponseLogps, bool]:
+    """Log-probs of already encoded queries (:func:`build_groups`): the shared path where asked
+    for and supported, else the separate one. Returns ``(result, used_shared_path)``."""
+    if shared and supports_shared_prefix(model):
+        return shared_prefix_logps(model, groups, pad_token_id), True
+    return separate_logps(model, collate(fulls, pad_token_id)), False
+
+
 def response_logps(
     model: torch.nn.Module,
     processor: Any,
@@ -299,7 +314,4 @@ def response_logps(
     groups, fulls = build_groups(
         records, responses, processor, media_root=media_root, max_length=max_length
     )
-    pad = processor.tokenizer.pad_token_id
-    if shared and supports_shared_prefix(model):
-        return shared_prefix_logps(model, groups, pad), True
-    return separate_logps(model, collate(fulls, pad)), False
+    return groups_logps(model, groups, fulls, processor.tokenizer.pad_token_id, shared)

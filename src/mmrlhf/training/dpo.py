@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,11 @@ from mmrlhf.config import opt, sub
 from mmrlhf.data.pairs import derive_pairs
 from mmrlhf.data.record import Record
 from mmrlhf.losses.dpo import mmdpo_loss
-from mmrlhf.models.inputs import collate
 from mmrlhf.models.load import ModelConfig, count_parameters, load_vlm
 from mmrlhf.models.logprobs import (
     ResponseLogps,
     build_groups,
-    separate_logps,
-    shared_prefix_logps,
+    groups_logps,
     supports_shared_prefix,
 )
 from mmrlhf.training.common import (
@@ -237,10 +235,7 @@ def query_logps(
 ) -> ResponseLogps:
     """Summed log-probs of every query's used responses (flattened in query order)."""
     groups, fulls = encodings(queries)
-    pad = encodings.processor.tokenizer.pad_token_id
-    if shared:
-        return shared_prefix_logps(model, groups, pad)
-    return separate_logps(model, collate(fulls, pad))
+    return groups_logps(model, groups, fulls, encodings.processor.tokenizer.pad_token_id, shared)[0]
 
 
 class ReferenceLogps:
@@ -284,7 +279,7 @@ class ReferenceLogps:
         self.model = copy.deepcopy(policy).requires_grad_(False).eval()
 
     @torch.no_grad()
-    def __call__(self, queries: list[QueryPairs], ahead: Sequence[QueryPairs] = ()) -> torch.Tensor:
+    def __call__(self, queries: list[QueryPairs], ahead: Iterable[QueryPairs] = ()) -> torch.Tensor:
         """Reference log-probs of ``queries``' responses (flattened). When some are missing,
         the missing ones among ``ahead`` (the next queries of the epoch) are computed in the same
         forward, up to ``ref.batch_queries`` queries."""
@@ -437,7 +432,8 @@ def run_dpo(cfg: DPOConfig, resume: str | None = None, stop_after: int | None = 
             for mb in micro:
                 # 6. Reference log-probs: cache, else computed once (no grad, together with the
                 #    next queries of the epoch) and cached.
-                ahead = [queries[i] for i in order[pos : pos + cfg.ref.batch_queries]]
+                # (lazy: only read when the step misses the cache)
+                ahead = (queries[i] for i in order[pos : pos + cfg.ref.batch_queries])
                 ref_lp = ref(mb, ahead)
                 # 7. Policy log-probs: one prompt forward per query, one per response.
                 with accelerator.autocast():
