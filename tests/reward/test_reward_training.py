@@ -74,9 +74,16 @@ def test_pair_accuracy_rises_above_chance(tiny_models, pref_data, short_facts, t
     assert rm.spec.type == rm_type
 
 
-def test_resume_reproduces_losses(tiny_models, pref_data, tmp_path):
-    # 24 records / batch 8 = 3 steps per epoch; 7 steps cross two epoch boundaries
-    common = ("train.max_steps=7", "train.save_every=2", "rm.type=critique")
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_resume_reproduces_losses(tiny_models, pref_data, tmp_path, dropout):
+    # 24 records / batch 8 = 3 steps per epoch; 7 steps cross two epoch boundaries (with critique
+    # dropout, a new epoch drops other critiques: the resumed run must replay them)
+    common = (
+        "train.max_steps=7",
+        "train.save_every=2",
+        "rm.type=critique",
+        f"rm.critique_dropout={dropout}",
+    )
     full = run_reward(_cfg(tiny_models["llava"], pref_data, tmp_path / "a", *common))
     cfg_b = _cfg(tiny_models["llava"], pref_data, tmp_path / "b", *common)
     killed = run_reward(cfg_b, stop_after=5)
@@ -120,3 +127,44 @@ def test_no_usable_records_is_a_clear_error(tiny_models, tmp_path):
     )
     with pytest.raises(ValueError, match="no usable training records out of 1 .*no_pairs: 1"):
         run_reward(_cfg(tiny_models["llava"], f, tmp_path / "o", "train.max_steps=1"))
+
+
+def test_critique_dropout_scores_with_empty_critique_and_no_lm_labels(tiny_models, pref_data):
+    """With critique_dropout 0.5, some responses are encoded exactly like scoring mode "none"
+    (empty critique) with every label masked; the rest keep the given critique and its labels.
+    The choice is a pure function of (seed, epoch, item): the same twice, different next epoch."""
+    from mmrlhf.data.io import load_records
+    from mmrlhf.models.inputs import IGNORE_INDEX
+    from mmrlhf.models.load import ModelConfig, load_vlm
+    from mmrlhf.training.reward import RewardDataConfig, RMDataset, prepare_items
+
+    _, processor = load_vlm(ModelConfig(path=str(tiny_models["llava"])), for_training=False)
+    records, _ = load_records(str(pref_data), task="preference")
+    dc = RewardDataConfig(train=str(pref_data))
+    cfg = _cfg(tiny_models["llava"], pref_data, "unused", "rm.type=critique")
+    items, _ = prepare_items(records, dc, cfg.rm.spec())
+    root = str(pref_data.parent)
+    args = (items, processor, root, cfg.rm.spec(), dc)
+    given = RMDataset(*args)
+    none = RMDataset(*args, critique_mode="none")
+    drop = RMDataset(*args, critique_dropout=0.5, seed=1)
+    n_dropped = n_kept = 0
+    for i in range(len(items)):
+        for g, z, d in zip(given[i][0], none[i][0], drop[i][0], strict=True):
+            if torch.equal(d.input_ids, g.input_ids):
+                assert torch.equal(d.labels, g.labels) and (g.labels != IGNORE_INDEX).any()
+                n_kept += 1
+            else:
+                assert torch.equal(d.input_ids, z.input_ids)
+                assert (d.labels == IGNORE_INDEX).all()
+                n_dropped += 1
+    assert n_dropped > 10 and n_kept > 10  # 72 responses at p = 0.5
+    first = [e.input_ids for e in drop[0][0]]
+    assert all(torch.equal(a, e.input_ids) for a, e in zip(first, drop[0][0], strict=True))
+    changed = False
+    for ep in range(1, 6):
+        drop.epoch = ep
+        changed |= any(
+            not torch.equal(a, e.input_ids) for a, e in zip(first, drop[0][0], strict=True)
+        )
+    assert changed

@@ -55,7 +55,8 @@ def test_resume_after_kill_reproduces_losses(tiny_models, circle_data, tmp_path)
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=na)
 
 
-def test_grad_accumulation_matches_big_batch(tiny_models, circle_data, tmp_path):
+@pytest.mark.parametrize("norm", ["token", "sequence"])
+def test_grad_accumulation_matches_big_batch(tiny_models, circle_data, tmp_path, norm):
     one = run_sft(
         _cfg(
             tiny_models,
@@ -64,6 +65,7 @@ def test_grad_accumulation_matches_big_batch(tiny_models, circle_data, tmp_path)
             "train.max_steps=2",
             "train.batch_size=4",
             "train.grad_accum=1",
+            f"loss_norm={norm}",
         )
     )
     two = run_sft(
@@ -74,6 +76,7 @@ def test_grad_accumulation_matches_big_batch(tiny_models, circle_data, tmp_path)
             "train.max_steps=2",
             "train.batch_size=2",
             "train.grad_accum=2",
+            f"loss_norm={norm}",
         )
     )
     torch.testing.assert_close(
@@ -141,3 +144,50 @@ def test_sort_within_step_keeps_each_steps_examples():
             lengths[i] for i in plain[b : b + 4]
         )
     assert mixed != plain  # seed 3 does not happen to produce sorted steps
+
+
+class _UniformLM(torch.nn.Module):
+    """Stand-in model: equal logits over 4 tokens at every position (token loss = ln 4)."""
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0):
+        b, t = input_ids.shape
+        keep = logits_to_keep or t
+        return type("Out", (), {"logits": torch.zeros(b, keep, 4, requires_grad=True)})()
+
+
+def test_token_loss_sum_per_token_and_per_sequence():
+    """Row 0 labels 1 token, row 1 labels 2 (position t predicts label t+1). Every token loss is
+    ln 4, so the token sum is 3 ln 4 over 3 tokens; per sequence it is ln 4 / 1 + 2 ln 4 / 2 =
+    2 ln 4, a sum of two per-example means (the loop divides by the 2 examples)."""
+    from mmrlhf.training.sft import token_loss_sum
+
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    labels = torch.tensor([[-100, -100, -100, 1], [-100, -100, 2, 3]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    ln4 = torch.log(torch.tensor(4.0))
+    tok, n, _ = token_loss_sum(_UniformLM(), batch)
+    seq, n2, _ = token_loss_sum(_UniformLM(), batch, per_sequence=True)
+    assert int(n) == int(n2) == 3
+    torch.testing.assert_close(tok, 3 * ln4)
+    torch.testing.assert_close(seq, 2 * ln4)
+
+
+def test_lr_multipliers_make_per_module_groups():
+    """lr 1e-3, projector x5: its matrix and bias get 5e-3 (the bias without decay); the rest
+    1e-3; the scheduler keeps the 5:1 ratio; lr-1 groups come first (logged as train/lr)."""
+    from mmrlhf.training.common import TrainConfig, make_optimizer, make_scheduler
+
+    model = torch.nn.ModuleDict(
+        {"language_model": torch.nn.Linear(3, 3), "multi_modal_projector": torch.nn.Linear(3, 3)}
+    )
+    cfg = TrainConfig(
+        lr=1e-3, weight_decay=0.1, warmup_ratio=0.5, lr_multipliers={"multi_modal_projector": 5.0}
+    )
+    opt_ = make_optimizer(model, cfg)
+    got = [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt_.param_groups]
+    assert got == [(1e-3, 0.1, 1), (1e-3, 0.0, 1), (5e-3, 0.1, 1), (5e-3, 0.0, 1)]
+    assert opt_.param_groups[2]["params"][0] is model["multi_modal_projector"].weight
+    sched = make_scheduler(opt_, cfg, total_steps=4)
+    lrs = sched.get_last_lr()
+    assert lrs[2] == pytest.approx(5 * lrs[0]) and lrs[0] == pytest.approx(1e-3 / 2)
+    assert "lr_multipliers" in TrainConfig(lr_multipliers={"": 2.0}).validate()[0]

@@ -32,6 +32,12 @@ class TrainConfig:
     lr: float = opt(2e-5, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms).")
     betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
+    lr_multipliers: dict[str, float] = opt(
+        {},
+        "Per-module learning rates: parameter-name substring -> multiplier of lr (the first "
+        "matching key wins), e.g. {multi_modal_projector: 5.0} as LLaVA recipes give the "
+        "projector its own lr. Unmatched parameters use lr.",
+    )
     warmup_ratio: float = opt(0.03, "Share of steps with linear warmup.")
     min_lr_ratio: float = opt(0.0, "Cosine decays to lr * min_lr_ratio.")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).")
@@ -65,20 +71,37 @@ class TrainConfig:
             out.append("set max_steps > 0 or epochs >= 1")
         if len(self.betas) != 2:
             out.append("betas must have two values")
+        for key, mult in self.lr_multipliers.items():
+            if not key or mult <= 0:
+                out.append(f"lr_multipliers: {key!r}: needs a non-empty key and a positive value")
         return out
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; no weight decay on biases and norm weights (1-D)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    """AdamW over trainable parameters; no weight decay on biases and norm weights (1-D); one
+    group per (lr multiplier, decay) so ``cfg.lr_multipliers`` sets per-module rates (the
+    schedule scales every group's own lr)."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = next((m for k, m in cfg.lr_multipliers.items() if k in name), 1.0)
+        groups.setdefault((mult, p.dim() >= 2), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": ps,
+                "lr": cfg.lr * mult,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+            }
+            # lr 1 groups first: the loops log get_last_lr()[0] as the base rate.
+            for (mult, decay), ps in sorted(
+                groups.items(), key=lambda kv: (kv[0][0] != 1.0, kv[0][0], not kv[0][1])
+            )
+        ],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+    )
 
 
 def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:

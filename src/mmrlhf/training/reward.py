@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -115,10 +116,19 @@ class RMConfig:
     centring: float = opt(0.01, "Weight c of c * mean((r_chosen + r_rejected)^2) (MM-RLHF: 0.01).")
     tie_weight: float = opt(1.0, "Weight of mean((r_a - r_b)^2) over tie pairs (data.ties=keep).")
     lambda_critique: float = opt(1.0, "critique RM: weight of the token-mean LM loss on critiques.")
+    critique_dropout: float = opt(
+        0.0,
+        "critique RM: probability that a response is scored with an empty critique in a training "
+        "step (no LM loss on it then), so the head also learns to judge the response itself "
+        "and not only to read the verdict of a (human-written, always right) critique.",
+    )
     templates: RewardTemplates = sub(RewardTemplates, "Prompt texts (facts, critique request).")
 
     def validate(self) -> list[str]:
-        return RewardSpec(self.type, self.head, self.head_dropout, self.templates).validate()
+        out = RewardSpec(self.type, self.head, self.head_dropout, self.templates).validate()
+        if not 0 <= self.critique_dropout < 1:
+            out.append(f"critique_dropout must be in [0, 1), got {self.critique_dropout}")
+        return out
 
     def spec(self) -> RewardSpec:
         return RewardSpec(
@@ -262,9 +272,15 @@ class RMDataset(Dataset):
         spec: RewardSpec,
         data: RewardDataConfig,
         critique_mode: str = "given",
+        critique_dropout: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.items, self.processor, self.media_root = items, processor, media_root
         self.spec, self.data, self.critique_mode = spec, data, critique_mode
+        self.critique_dropout, self.seed = critique_dropout, seed
+        # Set by the loop before each epoch's loader: the dropped critiques change per epoch
+        # and are a pure function of (seed, epoch, item, slot), so a resumed run replays them.
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -275,8 +291,13 @@ class RMDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[list[Example], RMItem]:
         it = self.items[i]
         crits = None
+        dropped: list[bool] = [False] * len(it.texts)
         if self.spec.type == "critique":
             crits = it.critiques if self.critique_mode == "given" else [""] * len(it.texts)
+            if self.critique_dropout > 0 and self.critique_mode == "given":
+                rng = random.Random(f"{self.seed}:{self.epoch}:{i}")
+                dropped = [rng.random() < self.critique_dropout for _ in it.texts]
+                crits = ["" if d else c for c, d in zip(crits, dropped, strict=True)]
         exs = encode_for_reward(
             it.record,
             it.texts,
@@ -287,6 +308,9 @@ class RMDataset(Dataset):
             max_length=self.data.max_length,
             truncate_response=self.data.truncate_response,
         )
+        for ex, d in zip(exs, dropped, strict=True):
+            if d:  # scored with an empty critique: nothing to learn to write
+                ex.labels = torch.full_like(ex.labels, IGNORE_INDEX)
         return exs, it
 
 
@@ -390,7 +414,15 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
             f"{dc.train}: no usable training records out of {len(records)} "
             f"({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items())) or 'empty file'})"
         )
-    dataset = RMDataset(items, processor, media_root, spec, dc)
+    dataset = RMDataset(
+        items,
+        processor,
+        media_root,
+        spec,
+        dc,
+        critique_dropout=cfg.rm.critique_dropout if spec.type == "critique" else 0.0,
+        seed=tc.seed,
+    )
     eval_ds = None
     if dc.eval:
         ev_records, ev_root = _load(dc.eval, dc)
@@ -404,6 +436,7 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
     lengths = dataset.approx_lengths()
 
     def loader_for(epoch: int, skip_batches: int = 0) -> DataLoader:
+        dataset.epoch = epoch
         order = epoch_order(
             lengths, tc.batch_size * tc.grad_accum, tc.seed * 1000 + epoch, tc.group_by_length
         )

@@ -79,9 +79,16 @@ class SFTConfig:
     model: ModelConfig = sub(ModelConfig, "The model to fine-tune.")
     data: SFTDataConfig = sub(SFTDataConfig, "Training data.")
     train: TrainConfig = sub(TrainConfig, "Optimisation.")
+    loss_norm: str = opt(
+        "token",
+        "token: the step's loss is the mean over all its response tokens (long responses weigh "
+        "more); sequence: each example's token mean, then the mean over the step's examples.",
+    )
 
     def validate(self) -> list[str]:
         out = []
+        if self.loss_norm not in ("token", "sequence"):
+            out.append(f"loss_norm must be token or sequence, got {self.loss_norm!r}")
         if not self.model.path:
             out.append("model.path is required")
         if not self.data.train:
@@ -167,14 +174,16 @@ class SFTDataset(Dataset):
 
 
 def token_loss_sum(
-    model: torch.nn.Module, batch: dict[str, Any]
+    model: torch.nn.Module, batch: dict[str, Any], per_sequence: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of response-token cross-entropies, number of response tokens, number correct).
 
     Computed here rather than by the model's own ``loss`` (a per-batch mean) so that the loop
     can normalise over the whole accumulated step. Vocabulary logits are only computed from the
     batch's first response position on (``logits_to_keep``): image and prompt positions never
-    train, and in a VLM they are most of the sequence.
+    train, and in a VLM they are most of the sequence. With ``per_sequence`` each example's
+    token losses are divided by its own token count first: the sum is then a sum of per-example
+    means (the loop divides it by the step's number of examples).
     """
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -184,12 +193,15 @@ def token_loss_sum(
     logits = model(**inputs, logits_to_keep=labels.shape[1] - start).logits[:, :-1].float()
     target = labels[:, start + 1 :]
     mask = target != IGNORE_INDEX
-    loss = torch.nn.functional.cross_entropy(
+    losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)),
         target.reshape(-1),
         ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+        reduction="none",
+    ).view_as(target)
+    if per_sequence:
+        losses = losses / mask.sum(1, keepdim=True).clamp(min=1)
+    loss = losses.sum()
     correct = ((logits.argmax(-1) == target) & mask).sum()
     return loss, mask.sum(), correct
 
@@ -239,6 +251,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
     from accelerate.utils import set_seed
 
     tc = cfg.train
+    per_seq = cfg.loss_norm == "sequence"
     out_dir = Path(tc.output_dir)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(tc.seed)
@@ -326,8 +339,14 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
             if len(micro) < tc.grad_accum:
                 break  # epoch exhausted; the partial step is dropped, like drop_last
             n_tok = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-            n_tok_all = accelerator.reduce(
-                torch.tensor(n_tok, device=accelerator.device), "sum"
+            # The normaliser: response tokens, or examples with a response token.
+            n_norm = (
+                n_tok
+                if not per_seq
+                else sum(int((b["labels"][:, 1:] != IGNORE_INDEX).any(1).sum()) for b in micro)
+            )
+            n_norm_all = accelerator.reduce(
+                torch.tensor(n_norm, device=accelerator.device), "sum"
             ).item()
             # 6. Forward/backward each micro-batch; gradients sync only on the last one.
             loss_sum, correct = 0.0, 0
@@ -339,9 +358,9 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
                 sync = j == len(micro) - 1
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
-                    ls, _, c = token_loss_sum(model, b)
-                    # DDP averages gradients over processes: scale back up to a global token mean.
-                    accelerator.backward(ls * accelerator.num_processes / max(1, n_tok_all))
+                    ls, _, c = token_loss_sum(model, b, per_seq)
+                    # DDP averages gradients over processes: scale back up to a global mean.
+                    accelerator.backward(ls * accelerator.num_processes / max(1, n_norm_all))
                 loss_sum += ls.item()
                 correct += int(c)
                 tokens_seen += int(b["attention_mask"].sum())
@@ -354,7 +373,7 @@ def run_sft(cfg: SFTConfig, resume: str | None = None, stop_after: int | None = 
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             state["micro_in_epoch"] += len(micro)
-            step_loss = loss_sum / max(1, n_tok)
+            step_loss = loss_sum / max(1, n_norm)
             state["losses"].append(step_loss)
             # 8. Log, checkpoint.
             elapsed = time.time() - t0
