@@ -195,6 +195,45 @@ def test_fact_prompt_carries_facts_and_missing_facts_fail(tiny_models, records, 
         prepare_items([bare], data, rm.spec, strict=True)
 
 
+def test_critique_rm_with_facts(tiny_models, records, pref_data, tmp_path):
+    """facts=true: the critique RM's question turn carries the facts (before the response and
+    the critique request), the critique stays the labelled part, the flag survives a save, and a
+    record without facts fails with a message naming the variant."""
+    rm = _rm(tiny_models["llava"], "critique", facts=True)
+    rec = records[0]
+    crit = rec.responses[0].critique
+    (ex,) = encode_for_reward(
+        rec,
+        ["The circle is red."],
+        rm.processor,
+        rm.spec,
+        critiques=[crit],
+        media_root=pref_data.parent,
+    )
+    tok = rm.processor.tokenizer
+    prompt = tok.decode(ex.input_ids[: ex.prompt_length])
+    assert prompt.index(rec.facts.captions[0]) < prompt.index("The circle is red.")
+    assert prompt.index("The circle is red.") < prompt.index(rm.spec.templates.critique_request)
+    assert crit in tok.decode(ex.input_ids[ex.prompt_length :])
+    rm.save_pretrained(tmp_path / "rm")
+    assert RewardModel.from_pretrained(tmp_path / "rm", device="cpu").spec.facts is True
+    bare = Record.single(
+        "nofacts",
+        rec.query,
+        ["a", "b"],
+        images=rec.images,
+        facts=Facts(),
+        ranking=Ranking(groups=[[0], [1]]),
+    )
+    with pytest.raises(MissingFactsError, match="critique reward model with facts needs facts"):
+        encode_for_reward(
+            bare, ["a"], rm.processor, rm.spec, critiques=["c"], media_root=pref_data.parent
+        )
+    assert (
+        "facts=true is for the critique type" in RewardSpec(type="scalar", facts=True).validate()[0]
+    )
+
+
 def test_bad_records_are_counted_or_raised(tiny_models):
     spec = RewardSpec()
     same = Record.single("same", "q", ["x", "x"], ranking=Ranking(groups=[[0], [1]]))

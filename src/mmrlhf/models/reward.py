@@ -79,7 +79,17 @@ class RewardSpec:
         "mm_rlhf", "Head: mm_rlhf (dropout, Linear(H,H), tanh, dropout, Linear) or linear."
     )
     head_dropout: float = opt(0.1, "Dropout of the mm_rlhf head (train mode only).")
+    facts: bool = opt(
+        False,
+        "critique type: put the record's facts in the question turn too (LLaVA-RLHF's factual "
+        "augmentation for the critique RM: the critique can check the response against them). "
+        "The fact type always has them; scalar never.",
+    )
     templates: RewardTemplates = sub(RewardTemplates, "Prompt texts.")
+
+    @property
+    def uses_facts(self) -> bool:
+        return self.type == "fact" or (self.type == "critique" and self.facts)
 
     def validate(self) -> list[str]:
         out = []
@@ -87,13 +97,15 @@ class RewardSpec:
             out.append(f"type must be one of {', '.join(RM_TYPES)}, got {self.type!r}")
         if self.head not in HEAD_KINDS:
             out.append(f"head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
+        if self.facts and self.type != "critique":
+            out.append("facts=true is for the critique type (the fact type always has facts)")
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> RewardSpec:
         d = dict(d)
         templates = RewardTemplates(**d.pop("templates", {}))
-        known = {k: d[k] for k in ("type", "head", "head_dropout") if k in d}
+        known = {k: d[k] for k in ("type", "head", "head_dropout", "facts") if k in d}
         return cls(**known, templates=templates)
 
 
@@ -168,17 +180,18 @@ def scoring_record(
     """
     t = spec.templates
     conv = list(record.conversation)
-    if spec.type == "fact":
+    if spec.uses_facts:
         block = facts_block(record, t)
         if block is None:
             raise MissingFactsError(
                 "facts",
-                "the fact reward model needs facts (captions, short_answer, objects or "
-                "rationale) and this record has none",
+                f"the {spec.type} reward model{' with facts' if spec.type == 'critique' else ''} "
+                "needs facts (captions, short_answer, objects or rationale) and this record has "
+                "none",
                 source=record.id,
             )
         conv[-1] = Turn("user", f"{conv[-1].text}\n\n{block}")
-    elif spec.type == "critique":
+    if spec.type == "critique":
         conv += [Turn("assistant", response), Turn("user", t.critique_request)]
         prompt = Record(
             id=record.id, conversation=conv, responses=[], images=record.images, video=record.video

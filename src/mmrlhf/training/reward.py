@@ -113,6 +113,9 @@ class RMConfig:
     )
     head: str = opt("mm_rlhf", "mm_rlhf (dropout, Linear(H,H), tanh, dropout, Linear) or linear.")
     head_dropout: float = opt(0.1, "Dropout of the mm_rlhf head.")
+    facts: bool = opt(
+        False, "critique type: the record's facts in the prompt too (critique + factual RM)."
+    )
     centring: float = opt(0.01, "Weight c of c * mean((r_chosen + r_rejected)^2) (MM-RLHF: 0.01).")
     tie_weight: float = opt(1.0, "Weight of mean((r_a - r_b)^2) over tie pairs (data.ties=keep).")
     lambda_critique: float = opt(1.0, "critique RM: weight of the token-mean LM loss on critiques.")
@@ -125,14 +128,18 @@ class RMConfig:
     templates: RewardTemplates = sub(RewardTemplates, "Prompt texts (facts, critique request).")
 
     def validate(self) -> list[str]:
-        out = RewardSpec(self.type, self.head, self.head_dropout, self.templates).validate()
+        out = self.spec().validate()
         if not 0 <= self.critique_dropout < 1:
             out.append(f"critique_dropout must be in [0, 1), got {self.critique_dropout}")
         return out
 
     def spec(self) -> RewardSpec:
         return RewardSpec(
-            type=self.type, head=self.head, head_dropout=self.head_dropout, templates=self.templates
+            type=self.type,
+            head=self.head,
+            head_dropout=self.head_dropout,
+            facts=self.facts,
+            templates=self.templates,
         )
 
 
@@ -210,7 +217,7 @@ def prepare_items(
                 f"{len(texts)} distinct response text(s); a pair needs 2",
             )
             continue
-        if spec.type == "fact" and facts_block(rec, spec.templates) is None:
+        if spec.uses_facts and facts_block(rec, spec.templates) is None:
             skip(rec, "missing_facts", "facts", "the fact reward model needs facts; none here")
             continue
         slot = {t: i for i, t in enumerate(texts)}
