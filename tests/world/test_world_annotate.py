@@ -191,6 +191,23 @@ def test_model_answers_join_the_candidates(small_world: World) -> None:
                 assert j.key == (r.ethics.value, r.faithfulness.value, r.helpfulness.value)
 
 
+def test_model_answers_with_any_tag_are_drawn(small_world: World) -> None:
+    """Regression: the demo tags its samples "sft@0.7", a tag outside the weight table; they
+    must draw with the "model" weight (here 1000, so always) instead of silently weight 0."""
+    qs = [q for q in _queries(small_world) if q.meta.get("safety") != "harmful"][:20]
+    fake = {q.id: [("sft@0.7", "There are 7 hexagons.")] for q in qs}
+    cfg = AnnotateConfig(k=2, weights={**AnnotateConfig().weights, "model": 1000.0})
+    recs = annotate_records(qs, small_world, cfg, model_answers=fake)
+    assert len(recs) >= 10  # a few queries tie the sample with the truth: no pair
+    assert all([r.source for r in rec.responses].count("sft@0.7") == 1 for rec in recs)
+    off = AnnotateConfig(k=2, weights={**AnnotateConfig().weights, "sft@0.7": 0.0})
+    assert not any(
+        r.source == "sft@0.7"
+        for rec in annotate_records(qs, small_world, off, model_answers=fake)
+        for r in rec.responses
+    )
+
+
 def test_config_and_helpers() -> None:
     with pytest.raises(ValueError):
         AnnotateConfig(k=1)

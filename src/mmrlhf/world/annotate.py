@@ -784,23 +784,31 @@ def annotate_record(
     scene = world.scene(record)
     rng = random.Random(f"{cfg.seed}:annotate:{record.id}")
     truth = truth_text(record, scene)
-    pool = candidate_pool(record, scene, world.config, rng) + [(s, t) for s, t in model_answers]
+    # Handed-in model answers are candidates whatever their source tag ("model@0.7", "sft@1"):
+    # they are never checked against a corruption kind and draw with their own weight or the
+    # "model" weight. (A tag outside the weight table once gave them weight 0, which silently
+    # dropped the demo's on-policy samples.)
+    pool = candidate_pool(record, scene, world.config, rng)
+    n_generated = len(pool)
+    pool += [(s, t) for s, t in model_answers]
     seen: set[str] = set()
-    items: list[tuple[str, str, Judgement]] = []
+    items: list[tuple[str, str, Judgement, float]] = []
     truth_j = judge_response(record, truth, scene, judge, truth)
-    for src, text in pool:
+    for i, (src, text) in enumerate(pool):
         key = _norm_text(text)
         if key in seen:
             continue
         j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth)
-        if not _valid(src, j, truth_j):
+        from_model = i >= n_generated
+        if not from_model and not _valid(src, j, truth_j):
             continue
         seen.add(key)
-        items.append((src, text, j))
+        w = cfg.weights.get(src, cfg.weights.get("model", 0.0)) if from_model else None
+        items.append((src, text, j, _weight(cfg, src) if w is None else w))
     chosen = [items[0]] if cfg.include_truth else []
     rest = items[1:] if cfg.include_truth else list(items)
     while len(chosen) < cfg.k and rest:
-        w = [_weight(cfg, s) for s, _, _ in rest]
+        w = [wt for _, _, _, wt in rest]
         if sum(w) <= 0:
             break
         i = rng.choices(range(len(rest)), weights=w)[0]
@@ -808,7 +816,7 @@ def annotate_record(
     rng.shuffle(chosen)
     if len(chosen) < 2:
         return None
-    judgements = [j for _, _, j in chosen]
+    judgements = [j for _, _, j, _ in chosen]
     clean_groups = rank_groups([j.key for j in judgements])
     if cfg.drop_all_tied and len(clean_groups) < 2:
         return None
@@ -819,7 +827,7 @@ def annotate_record(
         labels.append(_noisy_labels(judgements, arng, cfg.noise, swap))
     scores0, groups0 = labels[0]
     responses = []
-    for (src, text, j), s in zip(chosen, scores0, strict=True):
+    for (src, text, j, _), s in zip(chosen, scores0, strict=True):
         responses.append(
             Response(
                 text=text,
