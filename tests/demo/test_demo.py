@@ -32,8 +32,11 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         rm_steps=2,
         rm_overrides=("train.batch_size=4", "train.save_every=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
+        sample_weight=1000.0,  # exercise the on-policy path (off by default): always drawn
     )
     first = run_demo(settings)
+    dpo_recs = [json.loads(x) for x in (tmp_path / "demo/prefs/dpo_train.jsonl").open()]
+    assert all(any(r["source"] == "sft@0.7" for r in d["responses"]) for d in dpo_recs)
     for key in KEYS:
         assert key in first["sft"] and key in first["aligned"], key
     assert 0.0 <= first["reward_bench"]["acc"] <= 1.0

@@ -35,6 +35,12 @@ def demo(
     ),
     dpo_queries: int = typer.Option(600, "--dpo-queries", help="Scored queries for MM-DPO."),
     rm_steps: int = typer.Option(150, "--rm-steps", help="Reward-model training steps."),
+    sample_weight: float = typer.Option(
+        0.0,
+        "--sample-weight",
+        help="Draw weight of the SFT model's own sample among each DPO query's candidates "
+        "(0: no on-policy sample).",
+    ),
     bench_queries: int = typer.Option(
         200, "--bench-queries", help="Held-out reward-bench queries."
     ),
@@ -61,5 +67,6 @@ def demo(
             dpo_queries=dpo_queries,
             bench_queries=bench_queries,
             rm_steps=rm_steps,
+            sample_weight=sample_weight,
         )
     )
