@@ -573,7 +573,7 @@ def _print_summary(
     table.add_column("metric")
     table.add_column("SFT", justify="right")
     table.add_column("aligned", justify="right")
-    for k in (*DEMO_KEYS, "core_short_answer_acc", "refomb_score"):
+    for k in (*DEMO_KEYS, "chair_coverage", "core_short_answer_acc", "refomb_score"):
         if k in sft and k in aligned:
             table.add_row(k, f"{sft[k]:.3f}", f"{aligned[k]:.3f}")
     console.print(table)

@@ -165,13 +165,17 @@ def test_chair_hand_computed() -> None:
         "The scene is a meadow.",  # 0 mentions
     ]
     out = chair(texts, [SCENE] * 3)
+    # coverage: SCENE has 3 objects + digit 7; the texts describe 2, 1 and 0 of the 4 correctly
     assert out == {
         "chair_i": 2 / 5,
         "chair_s": 1 / 3,
+        "coverage": (2 / 4 + 1 / 4 + 0) / 3,
         "mentions": 5,
         "hallucinated": 2,
         "responses": 3,
     }
+    vague = chair(["There is a red object and the digit 7."], [SCENE])
+    assert vague["chair_i"] == 0.0 and vague["coverage"] == 2 / 4
     assert chair([], [])["chair_i"] == 0.0
 
 

@@ -32,6 +32,7 @@ HEADLINE = (
     "pope_yes_ratio",
     "chair_i",
     "chair_s",
+    "chair_coverage",
     "mmhal_score",
     "mmhal_hallucination_rate",
     "refomb_score",

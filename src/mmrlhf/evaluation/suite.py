@@ -133,7 +133,7 @@ def score_world(
 
     # 1. short answers per family + CHAIR over descriptions (exact, from ground truth)
     metrics.update(score_world_answers(world, dict(answers)))
-    for k in ("mentions", "hallucinated", "responses"):  # CHAIR's counts, named as such here
+    for k in ("coverage", "mentions", "hallucinated", "responses"):  # named as CHAIR's here
         metrics[f"chair_{k}"] = metrics.pop(k)
 
     # 2. POPE, per negative-sampling split; pope_f1 etc. are the means over the splits, as papers

@@ -465,12 +465,16 @@ def hallucinated_mentions(text: str, scene: Scene, cfg: WorldConfig | None = Non
 def chair(
     texts: Iterable[str], scenes: Iterable[Scene], cfg: WorldConfig | None = None
 ) -> dict[str, float | int]:
-    """CHAIR over paired descriptions and scenes (METHODS.md section 8).
+    """CHAIR over paired descriptions and scenes (METHODS.md section 8), with coverage.
 
     ``chair_i`` = hallucinated mentions / all mentions (each mention counted, negated ones left
     out); ``chair_s`` = responses with at least one hallucinated mention / responses.
+    ``coverage`` (AMBER's "Cover") = mean over responses of the share of the scene's objects
+    (and digit) that some mention describes correctly (every attribute it states matches): a
+    model can lower CHAIR by saying less, and coverage shows it.
     """
     n = n_bad_resp = mentions = hallucinated = 0
+    cover = 0.0
     for text, scene in zip(texts, scenes, strict=True):
         ms = [m for m in object_mentions(text, cfg) if not m.negated]
         bad = [m for m in ms if not mention_exists(m, scene)]
@@ -478,10 +482,26 @@ def chair(
         mentions += len(ms)
         hallucinated += len(bad)
         n_bad_resp += bool(bad)
+        things = len(scene.objects) + (scene.glyph is not None)
+        if things:
+            covered = sum(any(_describes(m, o) for m in ms) for o in scene.objects)
+            covered += scene.glyph is not None and any(
+                m.kind == "glyph" and m.digit == scene.glyph.digit for m in ms
+            )
+            cover += covered / things
     return {
         "chair_i": hallucinated / mentions if mentions else 0.0,
         "chair_s": n_bad_resp / n if n else 0.0,
+        "coverage": cover / n if n else 0.0,
         "mentions": mentions,
         "hallucinated": hallucinated,
         "responses": n,
     }
+
+
+def _describes(m: Mention, o: Any) -> bool:
+    """Whether object mention ``m`` fits object ``o`` (every attribute it states)."""
+    return m.kind == "object" and all(
+        v is None or v == getattr(o, k)
+        for k, v in (("shape", m.shape), ("color", m.color), ("size", m.size))
+    )
