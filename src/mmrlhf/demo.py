@@ -6,8 +6,8 @@ Stages (each cached: a re-run skips what is done; a killed run resumes where it 
 2. model      - a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world;
 3. sft        - supervised fine-tuning;
 4. eval-sft   - the world evaluation suite on the SFT model;
-5. candidates - K candidate answers per training query: the truth, checked corruptions and a
-                sample from the SFT model;
+5. candidates - K candidate answers per training query: the truth and checked corruptions
+                (optionally a sample from the SFT model, ``--sample-weight``);
 6. annotate   - the simulated MM-RLHF annotators: fine-grained scores, rankings with ties,
                 critiques (noisy, several annotators), plus a noise-free held-out reward bench;
 7. rm         - the critique-based reward model, initialised from the SFT model;
