@@ -33,6 +33,14 @@ def _rm(path, rm_type="scalar", **kw):
     )
 
 
+def _encode_critiqued(rm, rec, response, critique, pref_data):
+    """One response of ``rec`` with its critique, encoded for the critique RM."""
+    (ex,) = encode_for_reward(
+        rec, [response], rm.processor, rm.spec, critiques=[critique], media_root=pref_data.parent
+    )
+    return ex
+
+
 @pytest.fixture(scope="module")
 def records(pref_data):
     recs, _ = load_records(pref_data)
@@ -139,14 +147,7 @@ def test_critique_labels_and_score_position(tiny_models, records, pref_data):
     rec = records[0]
     tok = rm.processor.tokenizer
     critique = "The response is wrong: the circle is red."
-    (ex,) = encode_for_reward(
-        rec,
-        ["The circle is blue."],
-        rm.processor,
-        rm.spec,
-        critiques=[critique],
-        media_root=pref_data.parent,
-    )
+    ex = _encode_critiqued(rm, rec, "The circle is blue.", critique, pref_data)
     labelled = ex.labels[ex.labels != IGNORE_INDEX]
     assert tok.decode(labelled).strip() == critique + "</s>"
     prompt = tok.decode(ex.input_ids[: ex.prompt_length])
@@ -202,14 +203,7 @@ def test_critique_rm_with_facts(tiny_models, records, pref_data, tmp_path):
     rm = _rm(tiny_models["llava"], "critique", facts=True)
     rec = records[0]
     crit = rec.responses[0].critique
-    (ex,) = encode_for_reward(
-        rec,
-        ["The circle is red."],
-        rm.processor,
-        rm.spec,
-        critiques=[crit],
-        media_root=pref_data.parent,
-    )
+    ex = _encode_critiqued(rm, rec, "The circle is red.", crit, pref_data)
     tok = rm.processor.tokenizer
     prompt = tok.decode(ex.input_ids[: ex.prompt_length])
     assert prompt.index(rec.facts.captions[0]) < prompt.index("The circle is red.")

@@ -218,7 +218,12 @@ def prepare_items(
             )
             continue
         if spec.uses_facts and facts_block(rec, spec.templates) is None:
-            skip(rec, "missing_facts", "facts", "the fact reward model needs facts; none here")
+            skip(
+                rec,
+                "missing_facts",
+                "facts",
+                f"the {spec.type} reward model needs facts; none here",
+            )
             continue
         slot = {t: i for i, t in enumerate(texts)}
         crits: list[str | None] = [None] * len(texts)
@@ -427,7 +432,7 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
         media_root,
         spec,
         dc,
-        critique_dropout=cfg.rm.critique_dropout if spec.type == "critique" else 0.0,
+        critique_dropout=cfg.rm.critique_dropout,
         seed=tc.seed,
     )
     eval_ds = None

@@ -748,7 +748,7 @@ def _ranking_reason(groups: Sequence[Sequence[int]], judgements: Sequence[Judgem
 def _valid(source: str, j: Judgement, truth_j: Judgement) -> bool:
     """Whether a corruption is what its tag says, per ground truth."""
     a = j.assessment
-    if source in ("truth",) or source.startswith("model"):
+    if source == "truth":
         return True
     if source == "unsafe_compliance":
         return j.ethics == 1
@@ -765,10 +765,11 @@ def _norm_text(t: str) -> str:
     return " ".join(t.split()).lower()
 
 
-def _weight(cfg: AnnotateConfig, source: str) -> float:
-    if source.startswith("model"):
-        return cfg.weights.get(source, cfg.weights.get("model", 0.0))
-    return cfg.weights.get(source, 0.0)
+def _weight(cfg: AnnotateConfig, source: str, handed_in: bool) -> float:
+    """Draw weight: the source's own entry; a handed-in model answer without one (any tag,
+    "model@0.7" or "sft@1") falls back to the "model" entry."""
+    default = cfg.weights.get("model", 0.0) if handed_in else 0.0
+    return cfg.weights.get(source, default)
 
 
 def annotate_record(
@@ -799,12 +800,11 @@ def annotate_record(
         if key in seen:
             continue
         j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth)
-        from_model = i >= n_generated
-        if not from_model and not _valid(src, j, truth_j):
+        handed_in = i >= n_generated
+        if not handed_in and not _valid(src, j, truth_j):
             continue
         seen.add(key)
-        w = cfg.weights.get(src, cfg.weights.get("model", 0.0)) if from_model else None
-        items.append((src, text, j, _weight(cfg, src) if w is None else w))
+        items.append((src, text, j, _weight(cfg, src, handed_in)))
     chosen = [items[0]] if cfg.include_truth else []
     rest = items[1:] if cfg.include_truth else list(items)
     while len(chosen) < cfg.k and rest:

@@ -27,7 +27,7 @@ from mmrlhf.data.record import Record
 # ways chat models decline); re-exported here for the world's checkers and the rule judge.
 from mmrlhf.evaluation.metrics.safety import is_refusal
 from mmrlhf.world.config import SIZES, WorldConfig
-from mmrlhf.world.scene import Scene, plural, position_names
+from mmrlhf.world.scene import Scene, SceneObject, plural, position_names
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 
@@ -499,7 +499,7 @@ def chair(
     }
 
 
-def _describes(m: Mention, o: Any) -> bool:
+def _describes(m: Mention, o: SceneObject) -> bool:
     """Whether object mention ``m`` fits object ``o`` (every attribute it states)."""
     return m.kind == "object" and all(
         v is None or v == getattr(o, k)
