@@ -42,6 +42,28 @@ def test_yaml_then_overrides(tmp_path):
     assert (cfg.steps, cfg.inner.lr) == (7, 0.1)
 
 
+def test_yes_no_on_off_stay_words(tmp_path):
+    # YAML 1.1 would read these as booleans: `train.mixed_precision=no` failed with "expected
+    # str, got False". Only true/false are booleans here, in files and overrides alike.
+    assert parse_overrides(["tag=no", "a=off", "b=yes", "c=true", "d=False"]) == {
+        "tag": "no",
+        "a": "off",
+        "b": "yes",
+        "c": True,
+        "d": False,
+    }
+    assert load_config(Outer, None, ["tag=no"]).tag == "no"
+    f = tmp_path / "c.yaml"
+    f.write_text("tag: on\n")
+    assert load_config(Outer, f).tag == "on"
+    assert (
+        load_config(
+            SFTConfig, None, ["train.mixed_precision=no", "model.path=m", "data.train=d"]
+        ).train.mixed_precision
+        == "no"
+    )
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

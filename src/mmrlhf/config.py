@@ -10,6 +10,7 @@ names the key, the file and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -19,6 +20,26 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false. PyYAML's default (YAML 1.1) reads ``no``,
+    ``off``, ``yes``, ``on`` as booleans, so ``train.mixed_precision=no`` arrived as False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -130,7 +151,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: cannot parse {raw!r}: {e}") from None
         _set_dotted(tree, key.strip(), value)
@@ -153,7 +174,7 @@ def load_config(
     if path is not None:
         where = f"{path}: "
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = _yaml(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except yaml.YAMLError as e:
