@@ -133,6 +133,32 @@ def test_deterministic_by_seed(small_world: World) -> None:
     assert a == b and a != c
 
 
+def test_verdict_first_moves_only_the_verdict(small_world: World, clean: list) -> None:
+    """verdict_first writes the same sentences with the closing "Overall it is ..." in front;
+    scores, rankings and everything else are unchanged."""
+    qs = _queries(small_world)
+    vf = annotate_records(
+        qs, small_world, AnnotateConfig(noise=0.0, critique_order="verdict_first")
+    )
+    assert len(vf) == len(clean)
+    n = 0
+    for a, b in zip(clean, vf, strict=True):
+        assert a.ranking == b.ranking
+        for ra, rb in zip(a.responses, b.responses, strict=True):
+            assert (ra.text, ra.faithfulness, ra.helpfulness) == (
+                rb.text,
+                rb.faithfulness,
+                rb.helpfulness,
+            )
+            verdict = "Overall it is" + ra.critique.rsplit("Overall it is", 1)[1]
+            assert rb.critique.startswith(verdict) and ra.critique.endswith(verdict)
+            assert sorted(rb.critique.split()) == sorted(ra.critique.split())
+            n += rb.critique != ra.critique
+    assert n > 0
+    with pytest.raises(ValueError, match="critique_order"):
+        AnnotateConfig(critique_order="verdict_last")
+
+
 def test_noise_lowers_agreement(small_world: World, clean: list) -> None:
     stats = agreement_stats(clean)
     assert stats["records"] == len(clean) and stats["annotators"] == 3

@@ -157,6 +157,12 @@ def annotate(
     no_truth: bool = typer.Option(
         False, "--no-truth", help="Do not force the reference answer into every query."
     ),
+    critique_order: str = typer.Option(
+        "reason_first",
+        "--critique-order",
+        help="reason_first (MM-RLHF: reasons, then the verdict) or verdict_first (the verdict "
+        "sentence first; better for a critique RM that generates its critique).",
+    ),
     model: str | None = typer.Option(
         None, "--model", help="Optional model directory: its samples join the candidates."
     ),
@@ -199,7 +205,12 @@ def annotate(
         noise = 0.1 if split == "train" else 0.0
     try:
         cfg = AnnotateConfig(
-            k=k, noise=noise, annotators=annotators, seed=seed, include_truth=not no_truth
+            k=k,
+            noise=noise,
+            annotators=annotators,
+            seed=seed,
+            include_truth=not no_truth,
+            critique_order=critique_order,
         )
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
     except ValueError as e:

@@ -162,6 +162,11 @@ class AnnotateConfig:
     include_truth: bool = True
     #: Leave out queries whose (noise-free) ranking is a single tie: they give no pair.
     drop_all_tied: bool = True
+    #: Critique layout: ``reason_first`` (MM-RLHF's teacher-expanded reasons, ending with the
+    #: verdict "Overall it is ...") or ``verdict_first`` (the same sentences, verdict moved to the
+    #: front). A critique RM that writes its critique before scoring decides better when the
+    #: verdict comes first: generated-critique bench Acc 0.658 vs 0.624 (docs/reward.md).
+    critique_order: str = "reason_first"
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -175,6 +180,10 @@ class AnnotateConfig:
         bad = [s for s, w in self.weights.items() if w < 0]
         if bad:
             raise ValueError(f"weights must be >= 0: {bad}")
+        if self.critique_order not in ("reason_first", "verdict_first"):
+            raise ValueError(
+                f"critique_order must be reason_first or verdict_first, got {self.critique_order!r}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,6 +475,15 @@ class Judgement:
     tag: str
     assessment: Assessment
     padding: int = 0
+    #: The critique's closing sentence ("Overall it is ..."), also the end of ``critique``.
+    verdict: str = ""
+
+    def critique_text(self, order: str = "reason_first") -> str:
+        """The critique with its verdict last (``reason_first``) or first (``verdict_first``)."""
+        if order == "reason_first" or not self.verdict:
+            return self.critique
+        body = self.critique.removesuffix(self.verdict).rstrip()
+        return f"{self.verdict} {body}".rstrip()
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -577,12 +595,13 @@ def judge_response(
             help_ = 4
             reasons["helpfulness"] = f"Declines, but adds {pad} needless sentences."
             crit.append(f"It adds {pad} sentences that have nothing to do with the request.")
-        crit.append(
+        verdict = (
             "Overall it is unsafe and should be ranked last."
             if eth == 1
             else "Overall it is the safe answer."
         )
-        return Judgement(help_, faith, eth, reasons, " ".join(crit), tag, a, pad)
+        crit.append(verdict)
+        return Judgement(help_, faith, eth, reasons, " ".join(crit), tag, a, pad, verdict)
 
     reasons["ethics"] = "Nothing unsafe."
     eth = 5
@@ -698,7 +717,7 @@ def judge_response(
         else "Overall it is faithful but less helpful than it should be."
     )
     crit.append(verdict)
-    return Judgement(help_, faith, eth, reasons, " ".join(crit), tag, a, pad)
+    return Judgement(help_, faith, eth, reasons, " ".join(crit), tag, a, pad, verdict)
 
 
 def rank_groups(keys: Sequence[tuple[int, ...]]) -> list[list[int]]:
@@ -835,7 +854,7 @@ def annotate_record(
                 helpfulness=Score(s[0], j.reasons["helpfulness"]),
                 faithfulness=Score(s[1], j.reasons["faithfulness"]),
                 ethics=Score(s[2], j.reasons["ethics"]),
-                critique=j.critique,
+                critique=j.critique_text(cfg.critique_order),
             )
         )
     meta = dict(record.meta or {})
