@@ -83,6 +83,9 @@ class DemoSettings:
     #: 185 of 300 description queries, nearly always the rejected side) seed 0 aligned worse
     #: (CHAIR_i 0.766 vs 0.662, MMHal 2.14 vs 2.56) and seed 1 the same (0.690 vs 0.688).
     sample_weight: float = 0.0
+    #: Critique layout of the simulated annotation (``reason_first`` or ``verdict_first``; see
+    #: ``world.annotate.AnnotateConfig.critique_order``).
+    critique_order: str = "reason_first"
     rm_config: Path | None = None
     #: Reward-model steps in the demo (the standalone config trains longer, 5 minutes).
     rm_steps: int = 150
@@ -349,7 +352,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 5-6. candidates (optionally one SFT sample per DPO query) and simulated annotation
     prefs = out / "prefs"
     prefs.mkdir(exist_ok=True)
-    ann_cfg = AnnotateConfig(k=s.k, noise=0.1, seed=s.seed)
+    ann_cfg = AnnotateConfig(k=s.k, noise=0.1, seed=s.seed, critique_order=s.critique_order)
     train_file, dpo_file, bench_file = (
         prefs / "rm_train.jsonl",
         prefs / "dpo_train.jsonl",

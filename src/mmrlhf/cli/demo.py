@@ -44,6 +44,11 @@ def demo(
     bench_queries: int = typer.Option(
         200, "--bench-queries", help="Held-out reward-bench queries."
     ),
+    critique_order: str = typer.Option(
+        "reason_first",
+        "--critique-order",
+        help="Annotation critiques: reason_first (MM-RLHF) or verdict_first.",
+    ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
     ),
@@ -68,5 +73,6 @@ def demo(
             bench_queries=bench_queries,
             rm_steps=rm_steps,
             sample_weight=sample_weight,
+            critique_order=critique_order,
         )
     )
