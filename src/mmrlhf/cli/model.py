@@ -28,6 +28,9 @@ def build_tiny(
     text_layers: int = typer.Option(4, help="Language model depth."),
     vision_layers: int = typer.Option(2, help="Vision tower depth."),
     seed: int = typer.Option(0, help="Initialisation seed."),
+    init_std: float | None = typer.Option(
+        None, help="Language-model init std (default 1/sqrt(text width); transformers uses 0.02)."
+    ),
     question_first: bool = typer.Option(
         False, help="llava: the chat template puts the question before the image."
     ),
@@ -45,6 +48,7 @@ def build_tiny(
         text_layers=text_layers,
         vision_layers=vision_layers,
         seed=seed,
+        init_std=init_std,
         question_first=question_first,
     )
     path = build_tiny_vlm(out, corpus, cfg)
