@@ -155,3 +155,15 @@ def test_question_first_template_orders_text_before_image(tmp_path, circle_data)
         .strip()
         .startswith("The circle is red.")
     )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_language_model_init_std_is_fan_in(arch, tiny_models):
+    """The tiny builder initialises the LM with std 1/sqrt(width) (0.125 at the fixtures' 64),
+    not transformers' 0.02 (docs/results.md, "Initialisation"); the config says so too, so a
+    re-initialisation from the saved config reproduces it."""
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models[arch])
+    text = model.config.get_text_config()
+    assert text.hidden_size == 64 and text.initializer_range == pytest.approx(64**-0.5)
+    q = model.get_decoder().layers[0].self_attn.q_proj.weight
+    assert q.std().item() == pytest.approx(64**-0.5, rel=0.1)
