@@ -1,6 +1,8 @@
 """``mmrlhf demo``: the whole MM-RLHF pipeline on the embedded default, nothing downloaded.
 
-Stages (each cached: a re-run skips what is done; a killed run resumes where it was):
+Stages (each cached: a re-run skips what is done; a killed run resumes where it was). The
+folder remembers the settings that made it (``demo_settings.json``); a re-run with other
+settings stops with the changed ones named instead of mixing old stages into new results:
 
 1. world      - the shapes world (images, scenes, SFT corpus, held-out questions, POPE, safety);
 2. model      - a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world;
@@ -20,7 +22,7 @@ Stages (each cached: a re-run skips what is done; a killed run resumes where it 
 
 Stages 4 and 8 run in a worker process beside the stages after them (every stage computes on one
 thread). Budgets are in :class:`DemoSettings`; every stage prints progress. Measured on 2 CPU
-cores: 575-666 s in all on a quiet machine (docs/results.md).
+cores: 575-689 s in all on a quiet machine (docs/results.md).
 """
 
 from __future__ import annotations
@@ -225,6 +227,32 @@ class _Background:
             self.pool.shutdown()
 
 
+class DemoSettingsChanged(ValueError):
+    """An output folder made with other settings: its cached stages would not match them."""
+
+
+def _check_settings(s: DemoSettings) -> None:
+    """Stages are cached by the files they leave, so a re-run with other settings in the same
+    folder would silently mix the old results into the new ones. ``out/demo_settings.json``
+    records the settings of the run that made the folder; a re-run must use the same ones."""
+    stamp = s.out / "demo_settings.json"
+    now = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
+    now = json.loads(json.dumps({k: v for k, v in now.items() if k != "out"}))
+    if stamp.exists():
+        before = json.loads(stamp.read_text())
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise DemoSettingsChanged(
+                f"{s.out} was made by a demo with other settings ({diff}); its cached stages "
+                "would not match. Use a new --out, or delete the folder to start over."
+            )
+        return
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps(now, indent=1, sort_keys=True))
+    tmp.replace(stamp)
+
+
 def _run_stage(
     timings: dict[str, float], key: str, title: str, done: bool, fn: Callable[[], Any]
 ) -> Any:
@@ -255,6 +283,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     t0 = time.time()
     out = s.out
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(s)
     timings: dict[str, float] = {}
     logging.basicConfig(level=logging.WARNING)
     import os

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mmrlhf.demo import DemoSettings, run_demo
 
 KEYS = (
@@ -51,3 +53,27 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
     assert again["sft"] == first["sft"]
     # every stage was cached: the second run only reads files back
     assert again["wall_seconds"] < first["wall_seconds"]
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
+    """Stages are cached by their files: a re-run in the same folder with other settings would
+    reuse results made with the old ones, so it stops with the changed settings named."""
+    from typer.testing import CliRunner
+
+    from mmrlhf.cli.main import app
+    from mmrlhf.demo import DemoSettingsChanged, _check_settings
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    _check_settings(DemoSettings(out=out, seed=1, overrides=("train.max_steps=3",)))
+    _check_settings(DemoSettings(out=out, seed=1, overrides=("train.max_steps=3",)))  # same: ok
+    with pytest.raises(DemoSettingsChanged, match=r"critique_order: 'reason_first' -> 'verdict"):
+        _check_settings(
+            DemoSettings(
+                out=out, seed=1, overrides=("train.max_steps=3",), critique_order="verdict_first"
+            )
+        )
+    with pytest.raises(DemoSettingsChanged, match=r"overrides: \['train.max_steps=3'\] -> \[\]"):
+        _check_settings(DemoSettings(out=out, seed=1))
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--seed", "2"])
+    assert res.exit_code == 2 and "seed: 1 -> 2" in res.output and "new --out" in res.output

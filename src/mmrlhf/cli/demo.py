@@ -55,24 +55,27 @@ def demo(
 ) -> None:
     """Run the main job: world -> SFT -> candidates -> simulated annotation -> critique reward
     model -> margins -> MM-DPO -> evaluation of SFT vs aligned -> report."""
-    from mmrlhf.demo import DemoSettings, run_demo
+    from mmrlhf.demo import DemoSettings, DemoSettingsChanged, run_demo
 
-    run_demo(
-        DemoSettings(
-            out=out,
-            n_scenes=n,
-            seed=seed,
-            sft_config=sft_config,
-            overrides=tuple(overrides or ()),
-            rm_config=rm_config,
-            rm_overrides=tuple(rm_override or ()),
-            dpo_config=dpo_config,
-            dpo_overrides=tuple(dpo_override or ()),
-            rm_queries=rm_queries,
-            dpo_queries=dpo_queries,
-            bench_queries=bench_queries,
-            rm_steps=rm_steps,
-            sample_weight=sample_weight,
-            critique_order=critique_order,
-        )
+    settings = DemoSettings(
+        out=out,
+        n_scenes=n,
+        seed=seed,
+        sft_config=sft_config,
+        overrides=tuple(overrides or ()),
+        rm_config=rm_config,
+        rm_overrides=tuple(rm_override or ()),
+        dpo_config=dpo_config,
+        dpo_overrides=tuple(dpo_override or ()),
+        rm_queries=rm_queries,
+        dpo_queries=dpo_queries,
+        bench_queries=bench_queries,
+        rm_steps=rm_steps,
+        sample_weight=sample_weight,
+        critique_order=critique_order,
     )
+    try:
+        run_demo(settings)
+    except DemoSettingsChanged as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
