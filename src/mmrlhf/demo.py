@@ -282,6 +282,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     t0 = time.time()
     out = s.out
+    # checked before anything runs: the annotation stage would only reject it after SFT
+    AnnotateConfig(critique_order=s.critique_order)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(s)
     timings: dict[str, float] = {}

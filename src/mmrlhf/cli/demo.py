@@ -56,7 +56,12 @@ def demo(
     """Run the main job: world -> SFT -> candidates -> simulated annotation -> critique reward
     model -> margins -> MM-DPO -> evaluation of SFT vs aligned -> report."""
     from mmrlhf.demo import DemoSettings, DemoSettingsChanged, run_demo
+    from mmrlhf.world.annotate import AnnotateConfig
 
+    try:
+        AnnotateConfig(critique_order=critique_order)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--critique-order") from None
     settings = DemoSettings(
         out=out,
         n_scenes=n,
