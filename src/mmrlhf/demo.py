@@ -95,6 +95,12 @@ class DemoSettings:
     dpo_config: Path | None = None
     dpo_overrides: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # checked here, before any stage runs: the annotation stage would only reject it after SFT
+        from mmrlhf.world.annotate import check_critique_order
+
+        check_critique_order(self.critique_order)
+
 
 def _stage(name: str, done: bool) -> None:
     console.rule(f"[bold]{name}[/bold]" + (" [dim](cached)[/dim]" if done else ""))
@@ -236,8 +242,9 @@ def _check_settings(s: DemoSettings) -> None:
     folder would silently mix the old results into the new ones. ``out/demo_settings.json``
     records the settings of the run that made the folder; a re-run must use the same ones."""
     stamp = s.out / "demo_settings.json"
-    now = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
-    now = json.loads(json.dumps({k: v for k, v in now.items() if k != "out"}))
+    now = dataclasses.asdict(s)
+    del now["out"]
+    now = json.loads(json.dumps(now, default=str))  # the form it is stored in: lists, strings
     if stamp.exists():
         before = json.loads(stamp.read_text())
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
@@ -282,8 +289,6 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     t0 = time.time()
     out = s.out
-    # checked before anything runs: the annotation stage would only reject it after SFT
-    AnnotateConfig(critique_order=s.critique_order)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(s)
     timings: dict[str, float] = {}

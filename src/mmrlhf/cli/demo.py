@@ -56,29 +56,27 @@ def demo(
     """Run the main job: world -> SFT -> candidates -> simulated annotation -> critique reward
     model -> margins -> MM-DPO -> evaluation of SFT vs aligned -> report."""
     from mmrlhf.demo import DemoSettings, DemoSettingsChanged, run_demo
-    from mmrlhf.world.annotate import AnnotateConfig
 
     try:
-        AnnotateConfig(critique_order=critique_order)
-    except ValueError as e:
+        settings = DemoSettings(
+            out=out,
+            n_scenes=n,
+            seed=seed,
+            sft_config=sft_config,
+            overrides=tuple(overrides or ()),
+            rm_config=rm_config,
+            rm_overrides=tuple(rm_override or ()),
+            dpo_config=dpo_config,
+            dpo_overrides=tuple(dpo_override or ()),
+            rm_queries=rm_queries,
+            dpo_queries=dpo_queries,
+            bench_queries=bench_queries,
+            rm_steps=rm_steps,
+            sample_weight=sample_weight,
+            critique_order=critique_order,
+        )
+    except ValueError as e:  # the only setting DemoSettings checks
         raise typer.BadParameter(str(e), param_hint="--critique-order") from None
-    settings = DemoSettings(
-        out=out,
-        n_scenes=n,
-        seed=seed,
-        sft_config=sft_config,
-        overrides=tuple(overrides or ()),
-        rm_config=rm_config,
-        rm_overrides=tuple(rm_override or ()),
-        dpo_config=dpo_config,
-        dpo_overrides=tuple(dpo_override or ()),
-        rm_queries=rm_queries,
-        dpo_queries=dpo_queries,
-        bench_queries=bench_queries,
-        rm_steps=rm_steps,
-        sample_weight=sample_weight,
-        critique_order=critique_order,
-    )
     try:
         run_demo(settings)
     except DemoSettingsChanged as e:

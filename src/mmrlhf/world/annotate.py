@@ -140,6 +140,10 @@ _SENT = re.compile(r"(?<=[.!?])\s+")
 _NORM = re.compile(r"[^a-z0-9]+")
 
 
+#: Critique layouts (:attr:`AnnotateConfig.critique_order`).
+CRITIQUE_ORDERS = ("reason_first", "verdict_first")
+
+
 @dataclass
 class AnnotateConfig:
     """How candidates are drawn and how the simulated annotators behave."""
@@ -180,10 +184,15 @@ class AnnotateConfig:
         bad = [s for s, w in self.weights.items() if w < 0]
         if bad:
             raise ValueError(f"weights must be >= 0: {bad}")
-        if self.critique_order not in ("reason_first", "verdict_first"):
-            raise ValueError(
-                f"critique_order must be reason_first or verdict_first, got {self.critique_order!r}"
-            )
+        check_critique_order(self.critique_order)
+
+
+def check_critique_order(order: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``order`` is one of :data:`CRITIQUE_ORDERS`."""
+    if order not in CRITIQUE_ORDERS:
+        raise ValueError(
+            f"critique_order must be one of {', '.join(CRITIQUE_ORDERS)}, got {order!r}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
