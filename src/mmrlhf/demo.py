@@ -246,7 +246,12 @@ def _check_settings(s: DemoSettings) -> None:
     del now["out"]
     now = json.loads(json.dumps(now, default=str))  # the form it is stored in: lists, strings
     if stamp.exists():
-        before = json.loads(stamp.read_text())
+        try:
+            before = json.loads(stamp.read_text())
+        except json.JSONDecodeError as e:
+            raise DemoSettingsChanged(
+                f"{stamp}: unreadable ({e}); delete the folder {s.out} to start over"
+            ) from None
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if changed:
             diff = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)

@@ -75,5 +75,9 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
         )
     with pytest.raises(DemoSettingsChanged, match=r"overrides: \['train.max_steps=3'\] -> \[\]"):
         _check_settings(DemoSettings(out=out, seed=1))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "demo_settings.json").write_text("{half")
+    with pytest.raises(DemoSettingsChanged, match=r"demo_settings.json: unreadable"):
+        _check_settings(DemoSettings(out=tmp_path / "bad"))
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--seed", "2"])
     assert res.exit_code == 2 and "seed: 1 -> 2" in res.output and "new --out" in res.output
