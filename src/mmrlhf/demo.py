@@ -5,7 +5,8 @@ folder remembers the settings that made it (``demo_settings.json``); a re-run wi
 settings stops with the changed ones named instead of mixing old stages into new results:
 
 1. world      - the shapes world (images, scenes, SFT corpus, held-out questions, POPE, safety);
-2. model      - a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world;
+2. model      - a tiny LLaVA (CLIP tower + Llama) with a tokenizer trained on the world, its
+                tower pretrained to read the world's grid cells (``world.vision``);
 3. sft        - supervised fine-tuning;
 4. eval-sft   - the world evaluation suite on the SFT model;
 5. candidates - K candidate answers per training query: the truth and checked corruptions
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +90,9 @@ class DemoSettings:
     #: Critique layout of the simulated annotation (``reason_first`` or ``verdict_first``; see
     #: ``world.annotate.AnnotateConfig.critique_order``).
     critique_order: str = "reason_first"
+    #: Steps pretraining the tiny model's vision tower on the world's cells before SFT (the
+    #: stand-in for a pretrained CLIP; ``world.vision``); 0 keeps the random tower.
+    vision_steps: int = 1000
     rm_config: Path | None = None
     #: Reward-model steps in the demo (the standalone config trains longer, 5 minutes).
     rm_steps: int = 150
@@ -100,6 +105,8 @@ class DemoSettings:
         from mmrlhf.world.annotate import check_critique_order
 
         check_critique_order(self.critique_order)
+        if self.vision_steps < 0:
+            raise ValueError(f"vision_steps must be >= 0, got {self.vision_steps}")
 
 
 def _stage(name: str, done: bool) -> None:
@@ -291,6 +298,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         reward_bench,
     )
     from mmrlhf.world.generate import generate, load_world
+    from mmrlhf.world.vision import VisionPretrainConfig, pretrain_vision_tower
 
     t0 = time.time()
     out = s.out
@@ -326,21 +334,35 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     world = load_world(world_dir)
     console.print(f"{len(world.sft)} SFT records, {len(world.eval)} held-out questions")
 
-    # 2. tiny model
+    # 2. tiny model, its vision tower pretrained on the world's cells; built in a scratch
+    # folder and renamed, so the folder exists only once both parts are done
     model_dir = out / "tiny-llava"
     cached = (model_dir / "config.json").exists()
+
+    def build_model() -> None:
+        if cached:
+            return
+        scratch = out / ".tiny-llava.tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        build_tiny_vlm(scratch, tokenizer_corpus(world=world_dir), TinyVLMConfig(seed=s.seed))
+        if s.vision_steps > 0:
+            report = pretrain_vision_tower(
+                scratch, world.config, VisionPretrainConfig(steps=s.vision_steps, seed=s.seed)
+            )
+            probe = report["heldout_probe"]
+            console.print(
+                f"vision tower: held-out cell contents read at {probe['content']:.3f} "
+                f"(empty-cell majority {probe['content_majority']:.3f}), {report['seconds']} s"
+            )
+        scratch.rename(model_dir)
+
     _run_stage(
         timings,
         "model",
-        "2/12 model: tiny LLaVA (CLIP + Llama) with a world tokenizer",
+        "2/12 model: tiny LLaVA (CLIP + Llama) with a world tokenizer"
+        + (f", tower pretrained {s.vision_steps} steps" if s.vision_steps > 0 else ""),
         cached,
-        lambda: (
-            None
-            if cached
-            else build_tiny_vlm(
-                model_dir, tokenizer_corpus(world=world_dir), TinyVLMConfig(seed=s.seed)
-            )
-        ),
+        build_model,
     )
 
     # 3. SFT

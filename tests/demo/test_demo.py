@@ -35,8 +35,12 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         rm_overrides=("train.batch_size=4", "train.save_every=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
         sample_weight=1000.0,  # exercise the on-policy path (off by default): always drawn
+        vision_steps=3,
     )
     first = run_demo(settings)
+    # the tower was pretrained inside the scratch folder, which was renamed when done
+    assert (tmp_path / "demo/tiny-llava/vision_pretrain.json").exists()
+    assert not (tmp_path / "demo/.tiny-llava.tmp").exists()
     dpo_recs = [json.loads(x) for x in (tmp_path / "demo/prefs/dpo_train.jsonl").open()]
     assert all(any(r["source"] == "sft@0.7" for r in d["responses"]) for d in dpo_recs)
     for key in KEYS:

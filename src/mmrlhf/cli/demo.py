@@ -49,6 +49,12 @@ def demo(
         "--critique-order",
         help="Annotation critiques: reason_first (MM-RLHF) or verdict_first.",
     ),
+    vision_steps: int = typer.Option(
+        1000,
+        "--vision-steps",
+        help="Steps pretraining the tiny model's vision tower on the world's cells before SFT "
+        "(the stand-in for a pretrained CLIP); 0 keeps the random tower.",
+    ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
     ),
@@ -74,9 +80,11 @@ def demo(
             rm_steps=rm_steps,
             sample_weight=sample_weight,
             critique_order=critique_order,
+            vision_steps=vision_steps,
         )
-    except ValueError as e:  # the only setting DemoSettings checks
-        raise typer.BadParameter(str(e), param_hint="--critique-order") from None
+    except ValueError as e:  # the settings DemoSettings checks
+        hint = "--vision-steps" if "vision_steps" in str(e) else "--critique-order"
+        raise typer.BadParameter(str(e), param_hint=hint) from None
     try:
         run_demo(settings)
     except DemoSettingsChanged as e:
