@@ -64,7 +64,8 @@ def test_pretraining_changes_only_the_tower_and_reads_cells(
     probe = report["heldout_probe"]
     # unseen scenes: the cell contents beat the all-empty guess, colours are read
     assert probe["content"] > probe["content_majority"] + 0.1, probe  # 0.82 vs 0.68
-    assert probe["color"] > 0.95 and probe["size"] > 0.95, probe
+    assert min(probe["color"], probe["size"]) > 0.95, probe
+    assert probe["position"] > 0.7, probe  # which cell a token is: 0.80 here, chance 0.11
     assert not (model / ".vision-pretrain.tmp").exists()
 
 

@@ -62,6 +62,13 @@ class VisionPretrainConfig:
     probe_scenes: int = field(
         default=512, metadata={"help": "Unseen scenes the final held-out probe is scored on."}
     )
+    position: bool = field(
+        default=True,
+        metadata={
+            "help": "Also teach every image token to say which cell it is (its grid position), "
+            "so that 'where' is in the features as well as 'what'."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup_steps"):
@@ -127,6 +134,7 @@ class _Heads(torch.nn.Module):
         self.size = torch.nn.Linear(hidden, len(SIZES))
         self.digit = torch.nn.Linear(hidden, 10)
         self.background = torch.nn.Linear(hidden, len(world.backgrounds))
+        self.position = torch.nn.Linear(hidden, world.grid * world.grid)
 
 
 def _draw(
@@ -142,6 +150,7 @@ def _draw(
     labels = {k: torch.tensor([p[k] for p in per]) for k in per[0]}
     backgrounds = list(world.backgrounds)
     labels["background"] = torch.tensor([backgrounds.index(s.background) for s in scenes])
+    labels["position"] = torch.arange(world.grid * world.grid).expand(n, -1)
     return pixels, labels
 
 
@@ -150,13 +159,16 @@ def _image_tokens(tower: torch.nn.Module, pixels: torch.Tensor, layer: int) -> t
     return tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
 
 
-def _losses(heads: _Heads, h: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _losses(
+    heads: _Heads, h: torch.Tensor, y: dict[str, torch.Tensor], position: bool
+) -> dict[str, torch.Tensor]:
     """Cross-entropy per read-out; cells with ``IGNORE`` labels do not count."""
+    names = ("content", "color", "size", "digit") + (("position",) if position else ())
     out = {
         name: F.cross_entropy(
             getattr(heads, name)(h).flatten(0, 1), y[name].flatten(), ignore_index=IGNORE
         )
-        for name in ("content", "color", "size", "digit")
+        for name in names
         if (y[name] != IGNORE).any()  # a batch without any glyph has no digit target
     }
     out["background"] = F.cross_entropy(heads.background(h.mean(1)), y["background"])
@@ -165,7 +177,7 @@ def _losses(heads: _Heads, h: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[
 
 def _accuracies(heads: _Heads, h: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
     acc = {}
-    for name in ("content", "color", "size", "digit"):
+    for name in ("content", "color", "size", "digit", "position"):
         mask = y[name] != IGNORE
         hit = (getattr(heads, name)(h).argmax(-1) == y[name]) & mask
         acc[name] = round(hit.sum().item() / max(1, mask.sum().item()), 4)
@@ -223,7 +235,7 @@ def pretrain_vision_tower(
         # 3. A batch of scenes nobody has drawn before (rendering is ~1/3 of the step's time).
         pixels, y = _draw(rng, cfg.batch_size, world, processor, f"v{step}-")
         # 4. Forward, the summed read-out losses, update.
-        losses = _losses(heads, _image_tokens(tower, pixels, layer), y)
+        losses = _losses(heads, _image_tokens(tower, pixels, layer), y, cfg.position)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,6 +250,8 @@ def pretrain_vision_tower(
         pixels, y = _draw(probe_rng, cfg.probe_scenes, world, processor, "probe")
         h = _image_tokens(tower, pixels, layer)
         probe = _accuracies(heads, h, y) if cfg.steps else {}
+        if not cfg.position:
+            probe.pop("position", None)  # an untrained head
         probe["content_majority"] = round((y["content"] == 0).float().mean().item(), 4)
         probe["feature_norm"] = round(h.norm(dim=-1).mean().item(), 3)
 
