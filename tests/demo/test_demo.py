@@ -85,3 +85,10 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
         _check_settings(DemoSettings(out=tmp_path / "bad"))
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--seed", "2"])
     assert res.exit_code == 2 and "seed: 1 -> 2" in res.output and "new --out" in res.output
+    with pytest.raises(DemoSettingsChanged, match=r"vision_steps: 1000 -> 0"):
+        _check_settings(
+            DemoSettings(out=out, seed=1, overrides=("train.max_steps=3",), vision_steps=0)
+        )
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "v"), "--vision-steps", "-1"])
+    assert res.exit_code == 2 and "vision_steps must be >= 0" in res.output
+    assert not (tmp_path / "v").exists()  # refused before any stage ran
