@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -203,22 +204,21 @@ def pretrain_vision_tower(
     in place is not atomic; callers that cache (the demo) build in a scratch folder and rename.
     """
     from tqdm.auto import tqdm
-    from transformers import AutoModelForImageTextToText
 
-    from mmrlhf.models.load import load_processor
+    from mmrlhf.models.load import ModelConfig, load_vlm, vision_tower
 
     cfg = cfg or VisionPretrainConfig()
     model_dir = Path(model_dir)
-    processor = load_processor(str(model_dir))
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    # loaded frozen and in eval mode; only the tower is switched back on below
+    model, processor = load_vlm(ModelConfig(path=str(model_dir), device="cpu"), for_training=False)
     check_cell_patching(model.config, world)
-    tower = model.model.vision_tower
+    tower = vision_tower(model)
+    assert tower is not None  # check_cell_patching accepted a LLaVA, which has one
     layer = model.config.vision_feature_layer
 
     # 1. Heads and optimizer; only the tower and the heads train.
     torch.manual_seed(cfg.seed)
     heads = _Heads(tower.config.hidden_size, world)
-    model.requires_grad_(False)
     tower.requires_grad_(True)
     tower.train()
     params = [*tower.parameters(), *heads.parameters()]
@@ -256,9 +256,14 @@ def pretrain_vision_tower(
         probe["content_majority"] = round((y["content"] == 0).float().mean().item(), 4)
         probe["feature_norm"] = round(h.norm(dim=-1).mean().item(), 3)
 
-    # 6. Save the model (the LM and projector are unchanged) and the report.
-    model.requires_grad_(True)
-    model.save_pretrained(model_dir)
+    # 6. Save the model (the LM and projector are unchanged) and the report. Saved beside and
+    # renamed over: the weights just loaded may be memory-mapped from the file being replaced,
+    # and rewriting a mapped file in place could corrupt them.
+    scratch = model_dir / ".vision-pretrain.tmp"
+    model.save_pretrained(scratch)
+    for f in scratch.iterdir():
+        os.replace(f, model_dir / f.name)
+    scratch.rmdir()
     report = {
         "config": asdict(cfg),
         "seconds": round(time.time() - t0, 1),
