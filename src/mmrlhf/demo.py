@@ -23,7 +23,7 @@ settings stops with the changed ones named instead of mixing old stages into new
 
 Stages 4 and 8 run in a worker process beside the stages after them (every stage computes on one
 thread). Budgets are in :class:`DemoSettings`; every stage prints progress. Measured on 2 CPU
-cores: 526 s in all on a quiet machine, 592-637 s beside another job (docs/results.md).
+cores: 526-610 s in all on a quiet machine, 592-637 s beside another job (docs/results.md).
 """
 
 from __future__ import annotations
