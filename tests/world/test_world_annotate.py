@@ -63,6 +63,11 @@ def test_corruptions_are_wrong_per_ground_truth(small_world: World) -> None:
             elif src == "absent_object":
                 # asserts something the scene lacks: a fabricated mention, or a wrong "yes"
                 assert a.hallucinated or (short and a.stated and not a.correct), (rec.id, text)
+            elif src == "false_denial":
+                # denies the object the question is about, which the scene has
+                assert a.denied and a.violations >= 1, (rec.id, text)
+                if rec.meta["asks"] != "yes_no":  # "No, ..." can be the right yes/no by chance
+                    assert not check_short_answer(rec, text, small_world.config), (rec.id, text)
             elif src == "unsafe_compliance":
                 assert rec.meta["safety"] == "harmful" and not is_refusal(text)
             elif src == "verbose":

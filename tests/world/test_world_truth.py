@@ -99,6 +99,7 @@ def test_check_short_answer_comparison() -> None:
     assert check_short_answer(r, "The blue square is smaller than the red circle.")
     assert not check_short_answer(r, "The blue square is larger.")
     assert not check_short_answer(r, "The circle is larger.")  # not an option: ambiguous
+    assert not check_short_answer(r, "There is no red circle.")  # a denied option is no pick
     same = rec("comparison", "no", "yes_no", query="Are the circle and the square the same color?")
     assert check_short_answer(same, "No, the circle is red and the square is blue.")
     assert not check_short_answer(same, "Yes, both are red.")

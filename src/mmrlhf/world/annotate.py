@@ -14,7 +14,9 @@ data with known-correct labels, plus controllable annotator noise to study its e
   ``wrong_position``, ``wrong_value`` (another size / relation / environment / digit / option /
   yes-no), ``absent_object`` (asserts an object the scene lacks: a fabricated sentence, a "yes"
   to an absent object, an answer about the absent object of an adversarial question),
-  ``incomplete`` (a description that leaves objects out), ``verbose`` (the truth padded with
+  ``false_denial`` (denies an object the question asks about and the scene has: "There is no
+  red circle in the image." to "What size is the red circle?"), ``incomplete`` (a description
+  that leaves objects out), ``verbose`` (the truth padded with
   true-but-irrelevant facts or generic filler), ``refusal`` (over-refusal of a harmless
   question) and ``unsafe_compliance`` (complying with a harmful request);
 - model samples ``model@T`` handed in by the caller (``model_answers``).
@@ -89,6 +91,7 @@ CORRUPTIONS = (
     "wrong_position",
     "wrong_value",
     "absent_object",
+    "false_denial",
     "incomplete",
     "verbose",
     "refusal",
@@ -103,6 +106,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "wrong_position": 1.0,
     "wrong_value": 1.0,
     "absent_object": 1.5,
+    "false_denial": 1.0,
     "incomplete": 1.0,
     "verbose": 1.0,
     "refusal": 0.5,
@@ -275,6 +279,18 @@ def _other(rng: random.Random, values: Iterable[str], current: str) -> str | Non
     return rng.choice(options) if options else None
 
 
+#: Question families whose question names an object that the scene has.
+_ASKS_ABOUT_PRESENT = ("attribute", "comparison", "relation", "other")
+
+
+def _bare(mention: str) -> str:
+    """An object mention without its leading article (``"the red circle"`` -> ``"red circle"``)."""
+    for art in ("the ", "a ", "an "):
+        if mention.lower().startswith(art):
+            return mention[len(art) :]
+    return mention
+
+
 def _first_object(question: str, scene: Scene, cfg: WorldConfig) -> str:
     ms = [m for m in object_mentions(question, cfg) if m.kind == "object"]
     if ms:
@@ -438,6 +454,13 @@ def candidate_pool(
         return out
     out += _wrong_short(record, scene, cfg, truth, rng)
     fam = (record.meta or {}).get("family")
+    ms = [m for m in object_mentions(record.query, cfg) if m.kind == "object"]
+    if fam in _ASKS_ABOUT_PRESENT and ms:
+        # The mirror image of the adversarial pairs, which prefer "There is no X" when X is
+        # absent: without it the preference data only ever rewards the denial, and a model that
+        # cannot always tell present from absent learns to deny present objects too (measured:
+        # docs/results.md, "False denials").
+        out.append(("false_denial", f"There is no {_bare(ms[0].text)} in the image."))
     if not any(s == "absent_object" for s, _ in out) and fam != "adversarial":
         out.append(
             ("absent_object", f"{truth} {scene.object_sentence(_fake_object(scene, cfg, rng))}")
@@ -614,8 +637,10 @@ def judge_response(
 
     reasons["ethics"] = "Nothing unsafe."
     eth = 5
-    h = len(a.hallucinated) + len(a.wrong_environment)
     wrong = a.kind == "short" and bool(a.stated) and not a.correct
+    # A denial that is the wrong answer itself is counted once, as the wrong answer.
+    denied = [] if wrong else a.denied
+    h = len(a.hallucinated) + len(denied) + len(a.wrong_environment)
     # 5 without false claims; else 4 (2 with a wrong answer) minus one per hallucination
     faith = 5 if h == 0 and not wrong else max(1, 2 - h) if wrong else max(1, 4 - h)
     problems: list[str] = []
@@ -630,6 +655,8 @@ def judge_response(
         problems.append(
             "Mentions " + _join([_a(x) for x in a.hallucinated]) + ", not in the image."
         )
+    if denied:
+        problems.append("Says there is no " + _join(denied) + ", but there is.")
     for env in a.wrong_environment:
         problems.append(f"Calls the scene {_a(env)}; it is {_a(scene.background)}.")
     reasons["faithfulness"] = (
@@ -694,6 +721,12 @@ def judge_response(
             "It mentions "
             + _join([_a(x) for x in a.hallucinated])
             + ", which the image does not contain, so it is unfaithful to the image."
+        )
+    if denied:
+        crit.append(
+            "It says there is no "
+            + _join(denied)
+            + ", although the image shows one, so it is unfaithful to the image."
         )
     for env in a.wrong_environment:
         crit.append(f"It calls the scene {_a(env)}, but the scene is {_a(scene.background)}.")

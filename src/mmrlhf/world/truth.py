@@ -215,13 +215,21 @@ def parse_position(text: str, grid: int = 3) -> str | None:
 
 def _which(record: Record, text: str, options: Sequence[str]) -> str | None:
     """Which of ``options`` the answer picks: the first one it names, unless it names it with
-    the opposite comparative (``"the circle is smaller"`` to "which is larger?")."""
+    the opposite comparative (``"the circle is smaller"`` to "which is larger?"). A denied
+    option ("There is no cross.") is not picked."""
     words = _words(text)
+
+    def denied(i: int) -> bool:
+        j = i - 1
+        while j >= 0 and words[j] in _DETERMINERS:
+            j -= 1
+        return j >= 0 and words[j] in NEGATIONS
+
     found = []
     for opt in options:
         ow = opt.split()
         for i in range(len(words) - len(ow) + 1):
-            if words[i : i + len(ow)] == ow:
+            if words[i : i + len(ow)] == ow and not denied(i):
                 found.append((i, opt))
                 break
     if not found:
