@@ -87,6 +87,9 @@ class DemoSettings:
     #: 185 of 300 description queries, nearly always the rejected side) seed 0 aligned worse
     #: (CHAIR_i 0.766 vs 0.662, MMHal 2.14 vs 2.56) and seed 1 the same (0.690 vs 0.688).
     sample_weight: float = 0.0
+    #: Candidate draw weights changed from ``world.annotate.DEFAULT_WEIGHTS``, as ``SOURCE=W``
+    #: (``mmrlhf world annotate --weight``), e.g. ``("false_denial=0",)``.
+    candidate_weights: tuple[str, ...] = ()
     #: Critique layout of the simulated annotation (``reason_first`` or ``verdict_first``; see
     #: ``world.annotate.AnnotateConfig.critique_order``).
     critique_order: str = "reason_first"
@@ -102,9 +105,10 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         # checked here, before any stage runs: the annotation stage would only reject it after SFT
-        from mmrlhf.world.annotate import check_critique_order
+        from mmrlhf.world.annotate import check_critique_order, parse_weights
 
         check_critique_order(self.critique_order)
+        parse_weights(self.candidate_weights)
         if self.vision_steps < 0:
             raise ValueError(f"vision_steps must be >= 0, got {self.vision_steps}")
 
@@ -259,6 +263,10 @@ def _check_settings(s: DemoSettings) -> None:
             raise DemoSettingsChanged(
                 f"{stamp}: unreadable ({e}); delete the folder {s.out} to start over"
             ) from None
+        # A setting added after the folder was made reads as its default there.
+        defaults = json.loads(json.dumps(dataclasses.asdict(DemoSettings(s.out)), default=str))
+        before = {k: before.get(k, defaults.get(k)) for k in set(before) | set(defaults)}
+        before.pop("out", None)
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if changed:
             diff = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -295,6 +303,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         AnnotateConfig,
         annotate_records,
         annotation_queries,
+        parse_weights,
         reward_bench,
     )
     from mmrlhf.world.generate import generate, load_world
@@ -415,7 +424,13 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 5-6. candidates (optionally one SFT sample per DPO query) and simulated annotation
     prefs = out / "prefs"
     prefs.mkdir(exist_ok=True)
-    ann_cfg = AnnotateConfig(k=s.k, noise=0.1, seed=s.seed, critique_order=s.critique_order)
+    ann_cfg = AnnotateConfig(
+        k=s.k,
+        noise=0.1,
+        seed=s.seed,
+        critique_order=s.critique_order,
+        weights=parse_weights(s.candidate_weights),
+    )
     train_file, dpo_file, bench_file = (
         prefs / "rm_train.jsonl",
         prefs / "dpo_train.jsonl",

@@ -35,6 +35,7 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         rm_overrides=("train.batch_size=4", "train.save_every=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
         sample_weight=1000.0,  # exercise the on-policy path (off by default): always drawn
+        candidate_weights=("false_denial=0", "wrong_color=2"),
         vision_steps=3,
     )
     first = run_demo(settings)
@@ -43,6 +44,10 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
     assert not (tmp_path / "demo/.tiny-llava.tmp").exists()
     dpo_recs = [json.loads(x) for x in (tmp_path / "demo/prefs/dpo_train.jsonl").open()]
     assert all(any(r["source"] == "sft@0.7" for r in d["responses"]) for d in dpo_recs)
+    rm_recs = [json.loads(x) for x in (tmp_path / "demo/prefs/rm_train.jsonl").open()]
+    assert not any(
+        r["source"] == "false_denial" for d in rm_recs + dpo_recs for r in d["responses"]
+    )
     for key in KEYS:
         assert key in first["sft"] and key in first["aligned"], key
     assert 0.0 <= first["reward_bench"]["acc"] <= 1.0
@@ -92,3 +97,32 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "v"), "--vision-steps", "-1"])
     assert res.exit_code == 2 and "vision_steps must be >= 0" in res.output
     assert not (tmp_path / "v").exists()  # refused before any stage ran
+    res = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(tmp_path / "w"), "--candidate-weight", "wrong_colour=1"],
+        env={"COLUMNS": "300"},
+    )
+    assert res.exit_code == 2 and "unknown source 'wrong_colour'" in res.output
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(
+        DemoSettingsChanged, match=r"candidate_weights: \[\] -> \['false_denial=0'\]"
+    ):
+        _check_settings(
+            DemoSettings(
+                out=out,
+                seed=1,
+                overrides=("train.max_steps=3",),
+                candidate_weights=("false_denial=0",),
+            )
+        )
+    # a folder made before a setting existed: the missing setting reads as its default
+    stamp = json.loads((out / "demo_settings.json").read_text())
+    del stamp["candidate_weights"]
+    (out / "demo_settings.json").write_text(json.dumps(stamp))
+    _check_settings(DemoSettings(out=out, seed=1, overrides=("train.max_steps=3",)))
+    with pytest.raises(DemoSettingsChanged, match=r"candidate_weights"):
+        _check_settings(
+            DemoSettings(
+                out=out, seed=1, overrides=("train.max_steps=3",), candidate_weights=("model=1",)
+            )
+        )

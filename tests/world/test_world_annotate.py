@@ -14,6 +14,7 @@ from mmrlhf.evaluation.judges.rule import RuleJudge
 from mmrlhf.world import World, check_short_answer, is_refusal
 from mmrlhf.world.annotate import (
     CORRUPTIONS,
+    DEFAULT_WEIGHTS,
     AnnotateConfig,
     agreement_stats,
     annotate_records,
@@ -24,6 +25,7 @@ from mmrlhf.world.annotate import (
     judge_response,
     kendall_tau_b,
     padding,
+    parse_weights,
     reward_bench,
     truth_text,
 )
@@ -246,6 +248,11 @@ def test_config_and_helpers() -> None:
         AnnotateConfig(noise=1.5)
     with pytest.raises(ValueError):
         AnnotateConfig(weights={"verbose": -1.0})
+    assert parse_weights(["false_denial=0", " model = 3"])["false_denial"] == 0.0
+    assert parse_weights(["sft@0.7=2"])["sft@0.7"] == 2.0 and parse_weights([]) == DEFAULT_WEIGHTS
+    for bad in ("verbose", "=1", "verbose=x", "verbose=-1", "verbose=nan", "nope=1"):
+        with pytest.raises(ValueError, match="candidate weight"):
+            parse_weights([bad])
     assert kendall_tau_b([0, 1, 2], [0, 1, 2]) == 1.0
     assert kendall_tau_b([0, 1, 2], [2, 1, 0]) == -1.0
     assert kendall_tau_b([0, 0], [0, 0]) is None
@@ -281,6 +288,19 @@ def test_cli_round_trip(world_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, [*args, "--split", "dev"])
     assert res.exit_code != 0
 
+    # --weight: a source turned off never appears; a bad item is a clear usage error
+    res = runner.invoke(app, [*args, "--n-queries", "60", "--weight", "false_denial=0"])
+    assert res.exit_code == 0, res.output
+    recs, _ = load_records(out2, task="preference")
+    srcs = {x.source for r in recs for x in r.responses}
+    assert "false_denial" not in srcs and "wrong_color" in srcs
+    res = runner.invoke(app, [*args, "--n-queries", "60", "--weight", "false_denial=9"])
+    assert res.exit_code == 0, res.output
+    recs, _ = load_records(out2, task="preference")
+    assert "false_denial" in {x.source for r in recs for x in r.responses}
+    res = runner.invoke(app, [*args, "--weight", "wrong_colour=1"], env={"COLUMNS": "300"})
+    assert res.exit_code != 0 and "unknown source 'wrong_colour'" in res.output
+
 
 def test_cli_help_documents_every_option() -> None:
     res = runner.invoke(app, ["world", "annotate", "--help"], env={"COLUMNS": "200"})
@@ -294,6 +314,7 @@ def test_cli_help_documents_every_option() -> None:
         "--noise",
         "--annotators",
         "--seed",
+        "--weight",
         "--model",
         "--temperatures",
         "--samples-per-temperature",

@@ -41,6 +41,12 @@ def demo(
         help="Draw weight of the SFT model's own sample among each DPO query's candidates "
         "(0: no on-policy sample).",
     ),
+    candidate_weight: list[str] = typer.Option(
+        None,
+        "--candidate-weight",
+        help="SOURCE=W: draw weight of one candidate source in the annotation (repeatable; 0 "
+        "turns it off), e.g. --candidate-weight false_denial=0; see mmrlhf world annotate.",
+    ),
     bench_queries: int = typer.Option(
         200, "--bench-queries", help="Held-out reward-bench queries."
     ),
@@ -80,11 +86,19 @@ def demo(
             rm_steps=rm_steps,
             sample_weight=sample_weight,
             critique_order=critique_order,
+            candidate_weights=tuple(candidate_weight or ()),
             vision_steps=vision_steps,
         )
     except ValueError as e:  # the settings DemoSettings checks
-        hint = "--vision-steps" if "vision_steps" in str(e) else "--critique-order"
-        raise typer.BadParameter(str(e), param_hint=hint) from None
+        msg = str(e)
+        hint = (
+            "--vision-steps"
+            if "vision_steps" in msg
+            else "--candidate-weight"
+            if "candidate weight" in msg
+            else "--critique-order"
+        )
+        raise typer.BadParameter(msg, param_hint=hint) from None
     try:
         run_demo(settings)
     except DemoSettingsChanged as e:

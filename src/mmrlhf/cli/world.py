@@ -163,6 +163,13 @@ def annotate(
         help="reason_first (MM-RLHF: reasons, then the verdict) or verdict_first (the verdict "
         "sentence first; better for a critique RM that generates its critique).",
     ),
+    weight: list[str] = typer.Option(
+        [],
+        "--weight",
+        help="SOURCE=W: draw weight of one candidate source (repeatable; 0 turns it off), e.g. "
+        "--weight false_denial=0 --weight model=3. Sources: the corruption names "
+        "(wrong_count ... unsafe_compliance, false_denial) and model (every --model sample).",
+    ),
     model: str | None = typer.Option(
         None, "--model", help="Optional model directory: its samples join the candidates."
     ),
@@ -191,6 +198,7 @@ def annotate(
         agreement_stats,
         annotate_records,
         annotation_queries,
+        parse_weights,
     )
     from mmrlhf.world.generate import load_world
 
@@ -204,7 +212,9 @@ def annotate(
     if noise is None:
         noise = 0.1 if split == "train" else 0.0
     try:
+        weights = parse_weights(weight)
         cfg = AnnotateConfig(
+            weights=weights,
             k=k,
             noise=noise,
             annotators=annotators,

@@ -191,6 +191,35 @@ class AnnotateConfig:
         check_critique_order(self.critique_order)
 
 
+def parse_weights(
+    items: Iterable[str], base: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """``["false_denial=0", "model=3"]`` -> the default weights with those two replaced.
+
+    A source must be a corruption name, ``model`` or a ``model@T``-style tag (``name@...``);
+    a weight must be a number >= 0. Raises ``ValueError`` naming the bad item.
+    """
+    out = dict(DEFAULT_WEIGHTS if base is None else base)
+    for item in items:
+        src, sep, w = item.partition("=")
+        src = src.strip()
+        if not sep or not src:
+            raise ValueError(f"candidate weight {item!r}: expected SOURCE=W")
+        if src not in (*CORRUPTIONS, "model") and "@" not in src:
+            raise ValueError(
+                f"candidate weight {item!r}: unknown source {src!r} (one of "
+                f"{', '.join((*CORRUPTIONS, 'model'))}, or a model@T tag)"
+            )
+        try:
+            value = float(w)
+        except ValueError:
+            raise ValueError(f"candidate weight {item!r}: {w!r} is not a number") from None
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"candidate weight {item!r}: must be a finite number >= 0")
+        out[src] = value
+    return out
+
+
 def check_critique_order(order: str) -> None:
     """Raise ``ValueError`` naming the choices unless ``order`` is one of :data:`CRITIQUE_ORDERS`."""
     if order not in CRITIQUE_ORDERS:
