@@ -197,7 +197,7 @@ def parse_weights(
     """``["false_denial=0", "model=3"]`` -> the default weights with those two replaced.
 
     A source must be a corruption name, ``model`` or a ``model@T``-style tag (``name@...``);
-    a weight must be a number >= 0. Raises ``ValueError`` naming the bad item.
+    a weight must be a finite number >= 0. Raises ``ValueError`` naming the bad item.
     """
     out = dict(DEFAULT_WEIGHTS if base is None else base)
     for item in items:
