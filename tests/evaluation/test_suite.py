@@ -15,7 +15,7 @@ from mmrlhf.cli.main import app
 from mmrlhf.evaluation.judges.api import ApiJudge
 from mmrlhf.evaluation.judges.rule import RuleJudge
 from mmrlhf.evaluation.report import highlight
-from mmrlhf.evaluation.suite import run_world_suite, score_world, suite_records
+from mmrlhf.evaluation.suite import answer_view, run_world_suite, score_world, suite_records
 from mmrlhf.world import World, generate
 from mmrlhf.world.generate import load_world
 
@@ -89,6 +89,18 @@ def test_agreement_with_a_scripted_api_judge(world: World, tmp_path: Path) -> No
         # a re-run is answered from the cache: no new requests
         score_world(world, answers, RuleJudge(world.config), second_judge=api)
         assert len(server.requests) == sent
+
+
+def test_answer_view_marks_false_claims(world: World) -> None:
+    r = next(x for x in world.eval if x.meta["family"] == "holistic")
+    scene = world.scene(r)
+    o = scene.objects[0]
+    text = f"There is no {o.color} {o.shape}. There is a {o.color} {o.shape}."
+    view = answer_view(world, r, text)
+    start = text.index(f"{o.color} {o.shape}")
+    assert view["spans"] == [[start, start + len(f"{o.color} {o.shape}")]]
+    assert view["verdict"] == "hallucinated"
+    assert answer_view(world, r, scene.caption())["spans"] == []
 
 
 def test_highlight_marks_spans_and_escapes() -> None:
