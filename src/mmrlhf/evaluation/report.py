@@ -251,8 +251,8 @@ def render_html(
         body.append(f"<h2>{html.escape(heading)}</h2>{section}")
     if examples:
         body.append(
-            "<h2>Example answers</h2><p class=note>Hallucinated words, and denials of what is there, are highlighted.</p>"
-            + _examples_html(examples)
+            "<h2>Example answers</h2><p class=note>Hallucinated words, and denials of what "
+            "is there, are highlighted.</p>" + _examples_html(examples)
         )
     body.append("<h2>All metrics</h2>" + _table(runs, rest))
     return (

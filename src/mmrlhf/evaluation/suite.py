@@ -244,14 +244,11 @@ def answer_view(
 ) -> dict[str, Any]:
     """One answer as the report shows it: spans of false claims (hallucinated mentions and
     denials of what the scene has), verdict and judge rating."""
-    from mmrlhf.world.truth import check_short_answer, mention_exists, object_mentions
+    from mmrlhf.world.truth import check_short_answer, denied_mentions
 
     scene = world.scene(record)
     bad = hallucinated_mentions(text, scene, world.config)
-    bad += [
-        m for m in object_mentions(text, world.config) if m.negated and mention_exists(m, scene)
-    ]
-    bad.sort(key=lambda m: m.start)
+    bad = sorted(bad + denied_mentions(text, scene, world.config), key=lambda m: m.start)
     if record.meta.get("family") in DESCRIPTION_FAMILIES:
         verdict = "hallucinated" if bad else "correct"
     else:

@@ -470,6 +470,12 @@ def hallucinated_mentions(text: str, scene: Scene, cfg: WorldConfig | None = Non
     return [m for m in object_mentions(text, cfg) if not m.negated and not mention_exists(m, scene)]
 
 
+def denied_mentions(text: str, scene: Scene, cfg: WorldConfig | None = None) -> list[Mention]:
+    """The negated mentions in ``text`` that something in ``scene`` matches: false denials
+    ("There is no red circle." when there is one)."""
+    return [m for m in object_mentions(text, cfg) if m.negated and mention_exists(m, scene)]
+
+
 def chair(
     texts: Iterable[str], scenes: Iterable[Scene], cfg: WorldConfig | None = None
 ) -> dict[str, float | int]:

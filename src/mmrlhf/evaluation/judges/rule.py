@@ -74,9 +74,9 @@ from mmrlhf.world.truth import (
     SIZE_SYNONYMS,
     Mention,
     check_short_answer,
+    denied_mentions,
     hallucinated_mentions,
     is_refusal,
-    mention_exists,
     object_mentions,
     stated_value,
     tokens,
@@ -298,11 +298,7 @@ class RuleJudge:
             family=family,
             kind="description" if short is None else "short",
             hallucinated=[m.text for m in bad],
-            denied=[
-                m.text
-                for m in object_mentions(answer, self.cfg)
-                if m.negated and mention_exists(m, scene)
-            ],
+            denied=[m.text for m in denied_mentions(answer, scene, self.cfg)],
             wrong_environment=self._wrong_environments(answer, scene, family),
             refused=is_refusal(answer),
         )
