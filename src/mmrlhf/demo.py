@@ -87,6 +87,9 @@ class DemoSettings:
     #: 185 of 300 description queries, nearly always the rejected side) seed 0 aligned worse
     #: (CHAIR_i 0.766 vs 0.662, MMHal 2.14 vs 2.56) and seed 1 the same (0.690 vs 0.688).
     sample_weight: float = 0.0
+    #: On-policy samples per DPO query when ``sample_weight > 0`` (RLAIF-V samples several and
+    #: ranks them; identical samples count once). Each is drawn with its own seed.
+    samples_per_query: int = 1
     #: Candidate draw weights changed from ``world.annotate.DEFAULT_WEIGHTS``, as ``SOURCE=W``
     #: (``mmrlhf world annotate --weight``), e.g. ``("false_denial=0",)``.
     candidate_weights: tuple[str, ...] = ()
@@ -111,6 +114,10 @@ class DemoSettings:
         parse_weights(self.candidate_weights)
         if self.vision_steps < 0:
             raise ValueError(f"vision_steps must be >= 0, got {self.vision_steps}")
+        if self.samples_per_query < 1:
+            raise ValueError(f"samples_per_query must be >= 1, got {self.samples_per_query}")
+        if self.sample_temperature <= 0:
+            raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
 
 
 def _stage(name: str, done: bool) -> None:
@@ -450,17 +457,21 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         model_answers: dict[str, list[tuple[str, str]]] = {}
         if s.sample_weight > 0:
             m, proc = load_vlm(ModelConfig(path=str(sft_final), device="cpu"), for_training=False)
-            samples = generate_answers(
-                m,
-                proc,
-                queries[s.rm_queries :],
-                media_root=world.root,
-                temperature=s.sample_temperature,
-                seed=s.seed,
-                max_new_tokens=96,
-                out_path=prefs / "sft_samples.jsonl",
-            )
-            model_answers = {qid: [(tag, a)] for qid, a in samples.items()}
+            for j in range(s.samples_per_query):
+                # the first sample keeps its old file name and seed, so earlier folders resume
+                suffix = f"_{j}" if j else ""
+                samples = generate_answers(
+                    m,
+                    proc,
+                    queries[s.rm_queries :],
+                    media_root=world.root,
+                    temperature=s.sample_temperature,
+                    seed=s.seed + j,
+                    max_new_tokens=96,
+                    out_path=prefs / f"sft_samples{suffix}.jsonl",
+                )
+                for qid, a in samples.items():
+                    model_answers.setdefault(qid, []).append((tag, a))
         cfg = dataclasses.replace(ann_cfg, weights={**ann_cfg.weights, tag: s.sample_weight})
         annotated = annotate_records(queries, world, cfg, model_answers)
         _relocate(annotated, world.root, prefs)
@@ -474,7 +485,11 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         timings,
         "annotate",
         f"5-6/12 candidates (K={s.k}"
-        + (f", one SFT sample at T={s.sample_temperature}" if s.sample_weight > 0 else "")
+        + (
+            f", {s.samples_per_query} SFT sample(s) at T={s.sample_temperature}"
+            if s.sample_weight > 0
+            else ""
+        )
         + ") and simulated annotation",
         cached,
         candidates_and_annotation,

@@ -35,6 +35,7 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         rm_overrides=("train.batch_size=4", "train.save_every=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
         sample_weight=1000.0,  # exercise the on-policy path (off by default): always drawn
+        samples_per_query=2,
         candidate_weights=("false_denial=0", "wrong_color=2"),
         vision_steps=3,
     )
@@ -44,6 +45,10 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
     assert not (tmp_path / "demo/.tiny-llava.tmp").exists()
     dpo_recs = [json.loads(x) for x in (tmp_path / "demo/prefs/dpo_train.jsonl").open()]
     assert all(any(r["source"] == "sft@0.7" for r in d["responses"]) for d in dpo_recs)
+    # two samples per query, each from its own seed and file; distinct ones both get drawn
+    assert (tmp_path / "demo/prefs/sft_samples.jsonl").exists()
+    assert (tmp_path / "demo/prefs/sft_samples_1.jsonl").exists()
+    assert any(sum(r["source"] == "sft@0.7" for r in d["responses"]) == 2 for d in dpo_recs)
     rm_recs = [json.loads(x) for x in (tmp_path / "demo/prefs/rm_train.jsonl").open()]
     assert not any(
         r["source"] == "false_denial" for d in rm_recs + dpo_recs for r in d["responses"]
@@ -97,6 +102,10 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "v"), "--vision-steps", "-1"])
     assert res.exit_code == 2 and "vision_steps must be >= 0" in res.output
     assert not (tmp_path / "v").exists()  # refused before any stage ran
+    res = CliRunner().invoke(
+        app, ["demo", "--out", str(tmp_path / "v"), "--samples-per-query", "0"]
+    )
+    assert res.exit_code == 2 and "samples_per_query must be >= 1" in res.output
     res = CliRunner().invoke(
         app,
         ["demo", "--out", str(tmp_path / "w"), "--candidate-weight", "wrong_colour=1"],

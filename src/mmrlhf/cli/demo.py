@@ -41,6 +41,14 @@ def demo(
         help="Draw weight of the SFT model's own sample among each DPO query's candidates "
         "(0: no on-policy sample).",
     ),
+    samples_per_query: int = typer.Option(
+        1,
+        "--samples-per-query",
+        help="On-policy samples per DPO query when --sample-weight > 0 (each with its own seed).",
+    ),
+    sample_temperature: float = typer.Option(
+        0.7, "--sample-temperature", help="Temperature of the on-policy samples."
+    ),
     candidate_weight: list[str] = typer.Option(
         None,
         "--candidate-weight",
@@ -85,19 +93,21 @@ def demo(
             bench_queries=bench_queries,
             rm_steps=rm_steps,
             sample_weight=sample_weight,
+            samples_per_query=samples_per_query,
+            sample_temperature=sample_temperature,
             critique_order=critique_order,
             candidate_weights=tuple(candidate_weight or ()),
             vision_steps=vision_steps,
         )
     except ValueError as e:  # the settings DemoSettings checks
         msg = str(e)
-        hint = (
-            "--vision-steps"
-            if "vision_steps" in msg
-            else "--candidate-weight"
-            if "candidate weight" in msg
-            else "--critique-order"
-        )
+        hints = {
+            "vision_steps": "--vision-steps",
+            "samples_per_query": "--samples-per-query",
+            "sample_temperature": "--sample-temperature",
+            "candidate weight": "--candidate-weight",
+        }
+        hint = next((h for key, h in hints.items() if key in msg), "--critique-order")
         raise typer.BadParameter(msg, param_hint=hint) from None
     try:
         run_demo(settings)
