@@ -11,7 +11,15 @@ from typer.testing import CliRunner
 from mmrlhf.cli.main import app
 from mmrlhf.data import derive_pairs, load_records
 from mmrlhf.evaluation.judges.rule import RuleJudge
-from mmrlhf.world import World, check_short_answer, is_refusal
+from mmrlhf.world import (
+    Glyph,
+    Scene,
+    SceneObject,
+    World,
+    WorldConfig,
+    check_short_answer,
+    is_refusal,
+)
 from mmrlhf.world.annotate import (
     CORRUPTIONS,
     DEFAULT_WEIGHTS,
@@ -21,6 +29,7 @@ from mmrlhf.world.annotate import (
     annotation_queries,
     bench_category,
     candidate_pool,
+    correct_description,
     fleiss_kappa,
     judge_response,
     kendall_tau_b,
@@ -239,6 +248,88 @@ def test_model_answers_with_any_tag_are_drawn(small_world: World) -> None:
         for rec in annotate_records(qs, small_world, off, model_answers=fake)
         for r in rec.responses
     )
+
+
+def test_correct_description_fixes_only_the_hallucinated_sentences() -> None:
+    # a meadow: large red circle (top left), small blue square (center), digit 7 (top right)
+    scene = Scene(
+        id="c0",
+        background="meadow",
+        objects=[
+            SceneObject("circle", "red", "large", 0, 0, 12, 12),
+            SceneObject("square", "blue", "small", 1, 1, 36, 36),
+        ],
+        glyph=Glyph(7, 0, 2),
+    )
+    cfg = WorldConfig()
+    assert correct_description(scene.caption(), scene, cfg) is None  # nothing to fix
+    env = "The scene is a meadow."
+    # wrong shape at a cell that holds an object: replaced by that cell's true sentence
+    got = correct_description(
+        f"{env} There is a large red square at the top left. The digit 7 is written at the top "
+        "right.",
+        scene,
+        cfg,
+    )
+    assert got == (
+        f"{env} There is a large red circle at the top left. The digit 7 is written at the top right."
+    )
+    # an object at an empty cell, and the wrong digit: dropped / corrected; the rest untouched
+    got = correct_description(
+        f"{env} There is a small green cross at the bottom right. There is a small blue square "
+        "in the center. The digit 4 is written at the top right.",
+        scene,
+        cfg,
+    )
+    assert got == (
+        f"{env} There is a small blue square in the center. The digit 7 is written at the top right."
+    )
+    # the cell's true sentence is already there: the wrong one is dropped, not duplicated
+    got = correct_description(
+        f"{env} There is a small blue square in the center. There is a small blue cross in the "
+        "center.",
+        scene,
+        cfg,
+    )
+    assert got == f"{env} There is a small blue square in the center."
+
+
+def test_corrected_samples_join_description_queries(small_world: World) -> None:
+    qs = [
+        q
+        for q in _queries(small_world)
+        if q.meta.get("family") == "holistic" and len(small_world.scene(q).objects) >= 2
+    ][:20]
+    # the environment and one fabricated object (the sentence names no cell: dropped); the
+    # scenes that really hold a red cross have nothing to correct
+    env_and_cross = {
+        q.id: f"{small_world.scene(q).environment_sentence()} There is a red cross." for q in qs
+    }
+    qs = [
+        q
+        for q in qs
+        if correct_description(env_and_cross[q.id], small_world.scene(q), small_world.config)
+    ]
+    assert len(qs) >= 15
+    fake = {q.id: [("sft@0.7", env_and_cross[q.id])] for q in qs}
+    cfg = AnnotateConfig(
+        k=3, weights={**DEFAULT_WEIGHTS, "sft@0.7": 1000.0, "model_corrected": 1000.0}
+    )
+    recs = annotate_records(qs, small_world, cfg, model_answers=fake)
+    assert len(recs) >= 10
+    for rec in recs:
+        by_src = {r.source: r for r in rec.responses}
+        assert {"truth", "sft@0.7", "model_corrected"} <= set(by_src)
+        # faithful but incomplete: below the truth, above the sample
+        assert by_src["model_corrected"].faithfulness.value == 5
+        assert by_src["sft@0.7"].faithfulness.value < 5
+        rank = rec.ranking.rank_of()
+        at = {r.source: rank[i] for i, r in enumerate(rec.responses)}
+        assert at["truth"] < at["model_corrected"] < at["sft@0.7"]
+    shorts = [q for q in _queries(small_world) if q.meta.get("family") == "attribute"][:10]
+    fake = {q.id: [("sft@0.7", "There is a large red cross.")] for q in shorts}
+    recs = annotate_records(shorts, small_world, cfg, model_answers=fake)
+    assert not any(r.source == "model_corrected" for rec in recs for r in rec.responses)
 
 
 def test_config_and_helpers() -> None:

@@ -19,7 +19,10 @@ data with known-correct labels, plus controllable annotator noise to study its e
   that leaves objects out), ``verbose`` (the truth padded with
   true-but-irrelevant facts or generic filler), ``refusal`` (over-refusal of a harmless
   question) and ``unsafe_compliance`` (complying with a harmful request);
-- model samples ``model@T`` handed in by the caller (``model_answers``).
+- model samples ``model@T`` handed in by the caller (``model_answers``), and for a description
+  sample with hallucinated objects its ``model_corrected`` version (:func:`correct_description`:
+  each sentence about a hallucinated object replaced by the true sentence for that cell, or
+  dropped), the minimal on-policy pair of RLHF-V's corrections.
 
 Every corruption is checked with the rule judge before use (a "wrong" one must really be
 wrong, a ``verbose`` one really correct), so a candidate's tag never lies.
@@ -113,6 +116,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "refusal": 0.5,
     "unsafe_compliance": 2.0,
     "model": 2.0,
+    # only drawn where model answers are handed in (the demo's on-policy samples)
+    "model_corrected": 2.0,
 }
 
 #: Generic filler sentences used to pad answers (and recognised as padding in any answer).
@@ -204,10 +209,10 @@ def parse_weights(items: Iterable[str]) -> dict[str, float]:
         src = src.strip()
         if not sep or not src:
             raise ValueError(f"candidate weight {item!r}: expected SOURCE=W")
-        if src not in (*CORRUPTIONS, "model") and "@" not in src:
+        if src not in (*CORRUPTIONS, "model", "model_corrected") and "@" not in src:
             raise ValueError(
                 f"candidate weight {item!r}: unknown source {src!r} (one of "
-                f"{', '.join((*CORRUPTIONS, 'model'))}, or a model@T tag)"
+                f"{', '.join((*CORRUPTIONS, 'model', 'model_corrected'))}, or a model@T tag)"
             )
         try:
             value = float(w)
@@ -498,6 +503,48 @@ def candidate_pool(
     out.append(("verbose", " ".join([truth, *_facts_padding(scene, truth, rng, 3, pos)])))
     out.append(("refusal", REFUSAL))
     return out
+
+
+def correct_description(text: str, scene: Scene, cfg: WorldConfig) -> str | None:
+    """A model description with its hallucinations corrected, or ``None`` when it has none.
+
+    Each sentence holding a hallucinated mention is replaced by the scene's true sentence for
+    the cell it names ("There is a large yellow square in the center." -> "... circle in the
+    center."), or dropped when that cell is empty, the sentence names no cell, or the true
+    sentence is already in the text. Everything else stays word for word, so the pair (sample,
+    correction) differs only where the sample was wrong: RLHF-V's dense corrections, which
+    give DPO the most direct signal about which tokens were the hallucination.
+
+    Example: scene = a large yellow circle in the center, digit 8 at the top left;
+    ``"The scene is a meadow. There is a large yellow square in the center."`` ->
+    ``"The scene is a meadow. There is a large yellow circle in the center."``.
+    """
+    bad = hallucinated_mentions(text, scene, cfg)
+    if not bad:
+        return None
+    # the cell names, longest first ("at the top left" before "at the top")
+    phrases = sorted(
+        ((position_phrase(r, c, scene.grid), (r, c)) for r, c in position_names(scene.grid)),
+        key=lambda pc: -len(pc[0]),
+    )
+    truth_at: dict[tuple[int, int], str] = {
+        (o.row, o.col): scene.object_sentence(o) for o in scene.objects
+    }
+    if scene.glyph is not None:
+        truth_at[(scene.glyph.row, scene.glyph.col)] = scene.glyph_sentence() or ""
+    out: list[str] = []
+    for m in re.finditer(r"[^.]+\.?", text):
+        sentence = m.group().strip()
+        if not sentence:
+            continue
+        if not any(m.start() <= b.start < m.end() for b in bad):
+            out.append(sentence)
+            continue
+        cell = next((rc for p, rc in phrases if p in sentence), None)
+        fix = truth_at.get(cell) if cell is not None else None
+        if fix and _norm_text(fix) not in _norm_text(text):
+            out.append(fix)
+    return " ".join(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -882,6 +929,11 @@ def annotate_record(
     pool = candidate_pool(record, scene, world.config, rng)
     n_generated = len(pool)
     pool += [(s, t) for s, t in model_answers]
+    is_description = record.facts is None or record.facts.short_answer is None
+    if is_description and not _is_harmful(record):
+        for _, t in model_answers:  # a description sample's corrected version, beside it
+            if (fixed := correct_description(t, scene, world.config)) is not None:
+                pool.append(("model_corrected", fixed))
     seen: set[str] = set()
     items: list[tuple[str, str, Judgement, float]] = []
     truth_j = judge_response(record, truth, scene, judge, truth)
