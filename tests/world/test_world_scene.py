@@ -22,7 +22,7 @@ def _scene() -> Scene:
             SceneObject("circle", "red", "large", 0, 0, 12, 12),
             SceneObject("square", "blue", "small", 1, 1, 36, 36),
         ],
-        glyph=Glyph(7, 0, 2),
+        glyph=Glyph(7, 2, 2),
         seed=1,
     )
 
@@ -31,13 +31,13 @@ def test_caption_facts_labels_follow_templates() -> None:
     s = _scene()
     assert s.caption() == (
         "The scene is a desert. There is a large red circle at the top left. "
-        "The digit 7 is written at the top right. There is a small blue square in the center."
+        "There is a small blue square in the center. The digit 7 is written at the bottom right."
     )
     assert s.facts() == [
         "The scene is a desert.",
         "There is a large red circle at the top left.",
-        "The digit 7 is written at the top right.",
         "There is a small blue square in the center.",
+        "The digit 7 is written at the bottom right.",
         "There are 2 objects.",
     ]
     assert s.object_labels() == ["large red circle", "small blue square", "digit 7"]

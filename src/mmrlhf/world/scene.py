@@ -136,36 +136,26 @@ class Scene:
         where = position_phrase(self.glyph.row, self.glyph.col, self.grid)
         return f"The digit {self.glyph.digit} is written {where}."
 
-    def thing_sentences(self) -> list[str]:
-        """One sentence per object and for the digit glyph, in reading order of their cells.
-
-        The glyph takes its place among the objects instead of coming last. Why: a description
-        walks the grid cell by cell, which a small language model learns as a moving pointer
-        over the image tokens; a digit sentence at the end must instead *find* the glyph's cell
-        by content, the lookup the tiny model fails at. Measured (docs/results.md, "Captions in
-        reading order"): with the digit last, 23-24 of the seed-0 SFT model's ~40 hallucinated
-        mentions were a misread digit; in reading order, none.
-        """
-        things = [((o.row, o.col), self.object_sentence(o)) for o in self.objects]
-        if (g := self.glyph_sentence()) is not None:
-            assert self.glyph is not None
-            things.append(((self.glyph.row, self.glyph.col), g))
-        return [sentence for _, sentence in sorted(things, key=lambda t: t[0])]
-
     def facts(self) -> list[str]:
-        """Atomic fact sentences: environment, one per object and the glyph (reading order),
-        count."""
+        """Atomic fact sentences: environment, one per object (reading order), glyph, count."""
+        out = [self.environment_sentence()]
+        out += [self.object_sentence(o) for o in self.objects]
+        if (g := self.glyph_sentence()) is not None:
+            out.append(g)
         n = len(self.objects)
-        count = "There is 1 object." if n == 1 else f"There are {n} objects."
-        return [self.environment_sentence(), *self.thing_sentences(), count]
+        out.append("There is 1 object." if n == 1 else f"There are {n} objects.")
+        return out
 
     def caption(self) -> str:
-        """The reference description: environment, then objects and the glyph in reading order.
+        """The reference description: environment, objects in reading order, glyph.
 
         Fixed templates on purpose: a tiny model can learn them exactly, and every word is in
         :func:`mmrlhf.world.vocabulary`.
         """
-        return " ".join([self.environment_sentence(), *self.thing_sentences()])
+        parts = [self.environment_sentence()] + [self.object_sentence(o) for o in self.objects]
+        if (g := self.glyph_sentence()) is not None:
+            parts.append(g)
+        return " ".join(parts)
 
     def object_labels(self) -> list[str]:
         """Exact object list of the image (``["large red circle", ..., "digit 7"]``).
