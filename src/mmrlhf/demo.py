@@ -85,7 +85,10 @@ class DemoSettings:
     #: corruptions weigh 0.5-2, see ``world.annotate.DEFAULT_WEIGHTS``); 0 (default) leaves it out
     #: and skips sampling. Measured (docs/results.md, "On-policy samples"): with weight 2 (in
     #: 185 of 300 description queries, nearly always the rejected side) seed 0 aligned worse
-    #: (CHAIR_i 0.766 vs 0.662, MMHal 2.14 vs 2.56) and seed 1 the same (0.690 vs 0.688).
+    #: (CHAIR_i 0.766 vs 0.662, MMHal 2.14 vs 2.56) and seed 1 the same (0.690 vs 0.688). With
+    #: the pretrained tower, 3 samples per query (weight 4) and their corrections
+    #: (``model_corrected``) were neutral to harmful too (CHAIR_i 0.180 -> 0.199 seed 0,
+    #: 0.096 -> 0.131 seed 1; "On-policy samples and dense corrections").
     sample_weight: float = 0.0
     #: On-policy samples per DPO query when ``sample_weight > 0`` (RLAIF-V samples several and
     #: ranks them; identical samples count once). Each is drawn with its own seed.
