@@ -133,6 +133,10 @@ def _handler(state: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             pass  # keep test output clean
 
         def _send(self, code: int, body: str, headers: dict[str, str] | None = None) -> None:
+            # Leave before the client can read the answer: it sends its next request as soon as
+            # it has this one, and leaving afterwards made max_in_flight overcount by one under
+            # load (a flaky concurrency test).
+            self._leave_once()
             data = body.encode("utf-8")
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -142,7 +146,13 @@ def _handler(state: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _leave_once(self) -> None:
+            if not self._left:
+                self._left = True
+                state._leave()
+
         def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
+            self._left = False  # one handler serves every request of a kept-alive connection
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             try:
@@ -172,7 +182,7 @@ def _handler(state: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout): nothing to answer
             finally:
-                state._leave()
+                self._leave_once()
 
     return Handler
 
