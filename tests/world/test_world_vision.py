@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -51,12 +52,19 @@ def test_pretraining_changes_only_the_tower_and_reads_cells(
     model = tmp_path / "tiny"
     shutil.copytree(tiny_models["llava"], model)
     before = load_file(model / "model.safetensors")
-    report = pretrain_vision_tower(
-        model,
-        WorldConfig(),
-        VisionPretrainConfig(steps=150, batch_size=32, lr=3e-3),
-        progress=False,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        report = pretrain_vision_tower(
+            model,
+            WorldConfig(),
+            VisionPretrainConfig(steps=150, batch_size=32, lr=3e-3, num_threads=1),
+            progress=False,
+        )
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert report["config"]["num_threads"] == 1
     after = load_file(model / "model.safetensors")
     changed = {k for k in before if not (before[k] == after[k]).all()}
     assert changed and all("vision_tower" in k for k in changed)
@@ -81,6 +89,8 @@ def test_pretraining_needs_one_token_per_cell(tiny_models: dict[str, Path]) -> N
 def test_bad_settings_are_named() -> None:
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         VisionPretrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="num_threads must be >= 0"):
+        VisionPretrainConfig(num_threads=-1)
 
 
 def test_build_tiny_cli_pretrains_with_a_world(world_dir: Path, tmp_path: Path) -> None:
