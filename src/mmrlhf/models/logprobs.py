@@ -23,6 +23,7 @@ positions continue from the model's cached ``rope_deltas``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -212,7 +213,14 @@ def shared_prefix_logps(
     if not is_qwen:
         kwargs["position_ids"] = (pmask.cumsum(1) - 1).clamp(min=0)
     out = decoder(**pb, **kwargs, use_cache=True)
-    cache = out.past_key_values
+    # transformers 5.x renamed the cache argument and output (past_key_values -> cache; the old
+    # name warns and goes in 5.40); both spellings, so every 5.x release works
+    cache_arg = (
+        "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    )
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = out.past_key_values
     last_hidden = out.last_hidden_state[:, -1]  # [B, H] predicts each response's first token
     deltas = getattr(decoder, "rope_deltas", None) if is_qwen else None
 
@@ -257,7 +265,7 @@ def shared_prefix_logps(
         cont: dict[str, Any] = {
             "input_ids": ids,
             "attention_mask": torch.cat([pmask[own], rmask], dim=1),
-            "past_key_values": bcache,
+            cache_arg: bcache,
             "cache_position": torch.arange(lp, lp + lr, device=device),
         }
         pos = plen[idx].unsqueeze(1) + torch.arange(lr, device=device).unsqueeze(0)
