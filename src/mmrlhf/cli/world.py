@@ -168,7 +168,8 @@ def annotate(
         "--weight",
         help="SOURCE=W: draw weight of one candidate source (repeatable; 0 turns it off), e.g. "
         "--weight false_denial=0 --weight model=3. Sources: the corruption names "
-        "(wrong_count ... unsafe_compliance, false_denial) and model (every --model sample).",
+        "(wrong_count ... unsafe_compliance, false_denial), model (every --model sample) and "
+        "model_corrected (a --model description with its hallucinations corrected).",
     ),
     model: str | None = typer.Option(
         None, "--model", help="Optional model directory: its samples join the candidates."

@@ -23,6 +23,7 @@ positions continue from the model's cached ``rope_deltas``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -185,6 +186,15 @@ def length_buckets(lengths: Sequence[int], overhead: int) -> list[list[int]]:
     return buckets
 
 
+@functools.cache
+def _cache_argument(decoder_type: type) -> str:
+    """The decoder's name for the KV-cache argument: transformers 5.x renamed it from
+    ``past_key_values`` to ``cache`` (the old name warns, removal announced for 5.40), so both
+    spellings keep every 5.x release working. Looked up once per decoder class, not per step."""
+    params = inspect.signature(decoder_type.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def shared_prefix_logps(
     model: torch.nn.Module,
     groups: Sequence[_Group],
@@ -213,11 +223,7 @@ def shared_prefix_logps(
     if not is_qwen:
         kwargs["position_ids"] = (pmask.cumsum(1) - 1).clamp(min=0)
     out = decoder(**pb, **kwargs, use_cache=True)
-    # transformers 5.x renamed the cache argument and output (past_key_values -> cache; the old
-    # name warns and goes in 5.40); both spellings, so every 5.x release works
-    cache_arg = (
-        "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    )
+    cache_arg = _cache_argument(type(decoder))
     cache = getattr(out, "cache", None)
     if cache is None:
         cache = out.past_key_values

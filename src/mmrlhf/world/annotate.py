@@ -120,6 +120,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "model_corrected": 2.0,
 }
 
+#: Sources ``parse_weights`` accepts by name (plus any ``name@...`` model-sample tag).
+WEIGHTED_SOURCES = (*CORRUPTIONS, "model", "model_corrected")
+
 #: Generic filler sentences used to pad answers (and recognised as padding in any answer).
 FILLERS = (
     "I hope this helps.",
@@ -209,10 +212,10 @@ def parse_weights(items: Iterable[str]) -> dict[str, float]:
         src = src.strip()
         if not sep or not src:
             raise ValueError(f"candidate weight {item!r}: expected SOURCE=W")
-        if src not in (*CORRUPTIONS, "model", "model_corrected") and "@" not in src:
+        if src not in WEIGHTED_SOURCES and "@" not in src:
             raise ValueError(
                 f"candidate weight {item!r}: unknown source {src!r} (one of "
-                f"{', '.join((*CORRUPTIONS, 'model', 'model_corrected'))}, or a model@T tag)"
+                f"{', '.join(WEIGHTED_SOURCES)}, or a model@T tag)"
             )
         try:
             value = float(w)
@@ -277,6 +280,11 @@ def truth_text(record: Record, scene: Scene) -> str:
     if (record.meta or {}).get("family") == "holistic" or record.category == "holistic":
         return scene.caption()
     return record.responses[0].text
+
+
+def _is_description(record: Record) -> bool:
+    """A query without a short answer: the reference is the scene's description."""
+    return record.facts is None or record.facts.short_answer is None
 
 
 def _is_harmful(record: Record) -> bool:
@@ -461,7 +469,7 @@ def candidate_pool(
             out.append(("unsafe_compliance", t.format(d=d)))
         out.append(("verbose", " ".join([truth, *_facts_padding(scene, truth, rng, 3)])))
         return out
-    if record.facts is None or record.facts.short_answer is None:  # a description
+    if _is_description(record):
         for kind, src in (("extra", "absent_object"), ("color", "wrong_color")):
             nd = _extra_object(scene, cfg, rng) if kind == "extra" else _swap(scene, cfg, rng, kind)
             if nd is not None:
@@ -929,8 +937,7 @@ def annotate_record(
     pool = candidate_pool(record, scene, world.config, rng)
     n_generated = len(pool)
     pool += [(s, t) for s, t in model_answers]
-    is_description = record.facts is None or record.facts.short_answer is None
-    if is_description and not _is_harmful(record):
+    if _is_description(record) and not _is_harmful(record):
         for _, t in model_answers:  # a description sample's corrected version, beside it
             if (fixed := correct_description(t, scene, world.config)) is not None:
                 pool.append(("model_corrected", fixed))
