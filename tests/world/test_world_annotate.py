@@ -411,3 +411,16 @@ def test_cli_help_documents_every_option() -> None:
         "--samples-per-temperature",
     ):
         assert opt in res.output
+
+
+def test_empty_model_answers_are_not_candidates(small_world: World) -> None:
+    """Regression: a sampled end-of-sequence first gave an empty candidate, and the demo's own
+    DPO file then failed validation ("responses[2].text: is empty")."""
+    qs = [q for q in _queries(small_world) if q.meta.get("safety") != "harmful"][:20]
+    fake = {q.id: [("sft@0.7", ""), ("sft@1", "  \n")] for q in qs}
+    cfg = AnnotateConfig(k=3, weights={"model": 1000.0, "verbose": 1.0})
+    recs = annotate_records(qs, small_world, cfg, model_answers=fake)
+    assert recs
+    for rec in recs:
+        assert all(r.text.strip() for r in rec.responses)
+        assert not {"sft@0.7", "sft@1"} & {r.source for r in rec.responses}

@@ -946,7 +946,10 @@ def annotate_record(
     truth_j = judge_response(record, truth, scene, judge, truth)
     for i, (src, text) in enumerate(pool):
         key = _norm_text(text)
-        if key in seen:
+        # An empty model answer (a sampled end-of-sequence first) or a correction that removed
+        # every sentence cannot be a response: validation rejects empty texts. The demo prints
+        # how many samples were empty.
+        if key in seen or not text.strip():
             continue
         j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth)
         handed_in = i >= n_generated
