@@ -27,6 +27,7 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
     settings = DemoSettings(
         out=tmp_path / "demo",
         n_scenes=40,
+        test_scenes=4,
         overrides=("train.max_steps=3", "train.batch_size=4", "train.save_every=2"),
         rm_queries=12,
         dpo_queries=8,
@@ -135,3 +136,27 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
                 out=out, seed=1, overrides=("train.max_steps=3",), candidate_weights=("model=1",)
             )
         )
+
+
+def test_dpo_queries_keep_yes_and_no_level(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from mmrlhf.demo import _split_queries
+
+    def q(i: int, family: str, answer: str | None) -> SimpleNamespace:
+        return SimpleNamespace(
+            id=f"q{i}", meta={"family": family}, facts=SimpleNamespace(short_answer=answer)
+        )
+
+    # three "no" for every "yes", plus other families: an unbalanced pool like a plain draw
+    pool = [q(i, "existence", "yes" if i % 4 == 0 else "no") for i in range(200)]
+    pool += [q(200 + i, "counting", str(i % 3)) for i in range(100)]
+    pool += [q(300 + i, "holistic", None) for i in range(100)]
+    s = DemoSettings(out=tmp_path, rm_queries=50, dpo_queries=120, dpo_description_share=0.25)
+    out = _split_queries(pool, s)
+    rm, dpo = out[:50], out[50:]
+    assert len(dpo) == 120 and not {r.id for r in rm} & {r.id for r in dpo}
+    assert sum(r.meta["family"] == "holistic" for r in dpo) == 30
+    answers = [r.facts.short_answer for r in dpo]
+    assert abs(answers.count("yes") - answers.count("no")) <= 1
+    assert answers.count("yes") > 10  # the scarce answer is all kept, not the level forced low

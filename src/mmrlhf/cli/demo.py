@@ -11,7 +11,9 @@ def demo(
     out: Path = typer.Option(
         Path("mmrlhf_out/demo"), "--out", help="Output folder (stages are cached here)."
     ),
-    n: int = typer.Option(2000, "--n", help="Number of world scenes (train + test)."),
+    n: int = typer.Option(
+        10000, "--n", help="Number of world scenes (train + test; 200 of them held out)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the world, the models and training."),
     sft_config: Path = typer.Option(
         None, "--sft-config", help="SFT config (default: configs/world/sft.yaml)."

@@ -24,8 +24,8 @@ def build_tiny(
     image_size: int = typer.Option(72, help="Input image side in pixels (llava)."),
     patch_size: int = typer.Option(24, help="Vision patch side in pixels (llava)."),
     vision_hidden: int = typer.Option(128, help="Vision tower width."),
-    text_hidden: int = typer.Option(128, help="Language model width."),
-    text_layers: int = typer.Option(4, help="Language model depth."),
+    text_hidden: int = typer.Option(64, help="Language model width."),
+    text_layers: int = typer.Option(2, help="Language model depth."),
     vision_layers: int = typer.Option(2, help="Vision tower depth."),
     seed: int = typer.Option(0, help="Initialisation seed."),
     init_std: float | None = typer.Option(
