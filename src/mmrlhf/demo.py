@@ -60,7 +60,7 @@ DEMO_KEYS = (
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets of the demo; the defaults take about 10 minutes on 2 CPU cores."""
+    """Sizes and budgets of the demo; the defaults take about 8-9 minutes on 2 CPU cores."""
 
     out: Path
     #: World scenes, train and test. 10,000 rather than the CLI's 2000: with ~2 examples per

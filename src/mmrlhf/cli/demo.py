@@ -11,8 +11,9 @@ def demo(
     out: Path = typer.Option(
         Path("mmrlhf_out/demo"), "--out", help="Output folder (stages are cached here)."
     ),
-    n: int = typer.Option(
-        10000, "--n", help="Number of world scenes (train + test; 200 of them held out)."
+    n: int = typer.Option(10000, "--n", help="Number of world scenes (train + test)."),
+    test_scenes: int = typer.Option(
+        200, "--test-scenes", help="Of those, held out for evaluation and the reward bench."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the world, the models and training."),
     sft_config: Path = typer.Option(
@@ -83,6 +84,7 @@ def demo(
         settings = DemoSettings(
             out=out,
             n_scenes=n,
+            test_scenes=test_scenes,
             seed=seed,
             sft_config=sft_config,
             overrides=tuple(overrides or ()),
