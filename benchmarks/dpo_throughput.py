@@ -427,9 +427,9 @@ def main() -> None:
 
     from mmrlhf.models.load import load_processor
     from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm, tokenizer_corpus
+    from mmrlhf.world.generate import generate
 
     bench_model = TinyVLMConfig(text_hidden=128, text_layers=4)
-    from mmrlhf.world.generate import generate
 
     with tempfile.TemporaryDirectory(prefix="dpo_bench_") as d:
         tmp = Path(d)
