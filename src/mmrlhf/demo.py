@@ -345,6 +345,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         AnnotateConfig,
         annotate_records,
         annotation_queries,
+        count_empty_answers,
         parse_weights,
         reward_bench,
     )
@@ -518,8 +519,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                 )
                 for qid, a in samples.items():
                     model_answers.setdefault(qid, []).append((tag, a))
-                if empty := sum(not a.strip() for a in samples.values()):
-                    console.print(f"{empty} of {len(samples)} SFT samples empty: not candidates")
+            if empty := count_empty_answers(model_answers):
+                n = sum(map(len, model_answers.values()))
+                console.print(f"{empty} of {n} SFT samples empty: not candidates")
         cfg = dataclasses.replace(ann_cfg, weights={**ann_cfg.weights, tag: s.sample_weight})
         annotated = annotate_records(queries, world, cfg, model_answers)
         _relocate(annotated, world.root, prefs)

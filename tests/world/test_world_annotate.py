@@ -30,6 +30,7 @@ from mmrlhf.world.annotate import (
     bench_category,
     candidate_pool,
     correct_description,
+    count_empty_answers,
     fleiss_kappa,
     judge_response,
     kendall_tau_b,
@@ -418,6 +419,7 @@ def test_empty_model_answers_are_not_candidates(small_world: World) -> None:
     DPO file then failed validation ("responses[2].text: is empty")."""
     qs = [q for q in _queries(small_world) if q.meta.get("safety") != "harmful"][:20]
     fake = {q.id: [("sft@0.7", ""), ("sft@1", "  \n")] for q in qs}
+    assert count_empty_answers(fake) == 2 * len(qs)  # what the demo and the CLI report
     cfg = AnnotateConfig(k=3, weights={"model": 1000.0, "verbose": 1.0})
     recs = annotate_records(qs, small_world, cfg, model_answers=fake)
     assert recs

@@ -199,6 +199,7 @@ def annotate(
         agreement_stats,
         annotate_records,
         annotation_queries,
+        count_empty_answers,
         parse_weights,
     )
     from mmrlhf.world.generate import load_world
@@ -235,6 +236,9 @@ def annotate(
         )
     records = annotate_records(queries, world, cfg, model_answers)
     dt = time.perf_counter() - t0
+    if model_answers and (empty := count_empty_answers(model_answers)):
+        n = sum(map(len, model_answers.values()))
+        typer.echo(f"{empty} of {n} model samples empty: not candidates")
     default = "annotated_train.jsonl" if split == "train" else "rewardbench_test.jsonl"
     out = out or world.root / default
     out.parent.mkdir(parents=True, exist_ok=True)

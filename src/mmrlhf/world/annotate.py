@@ -514,7 +514,8 @@ def candidate_pool(
 
 
 def correct_description(text: str, scene: Scene, cfg: WorldConfig) -> str | None:
-    """A model description with its hallucinations corrected, or ``None`` when it has none.
+    """A model description with its hallucinations corrected, or ``None`` when it has none (or
+    when correcting it would leave no sentence).
 
     Each sentence holding a hallucinated mention is replaced by the scene's true sentence for
     the cell it names ("There is a large yellow square in the center." -> "... circle in the
@@ -552,7 +553,8 @@ def correct_description(text: str, scene: Scene, cfg: WorldConfig) -> str | None
         fix = truth_at.get(cell) if cell is not None else None
         if fix and _norm_text(fix) not in _norm_text(text):
             out.append(fix)
-    return " ".join(out)
+    # every sentence was wrong and named no occupied cell: there is nothing left to offer
+    return " ".join(out) or None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -946,9 +948,8 @@ def annotate_record(
     truth_j = judge_response(record, truth, scene, judge, truth)
     for i, (src, text) in enumerate(pool):
         key = _norm_text(text)
-        # An empty model answer (a sampled end-of-sequence first) or a correction that removed
-        # every sentence cannot be a response: validation rejects empty texts. The demo prints
-        # how many samples were empty.
+        # an empty model answer cannot be a response (validation rejects empty texts); callers
+        # report how many there were (count_empty_answers)
         if key in seen or not text.strip():
             continue
         j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth)
@@ -1010,6 +1011,12 @@ def annotate_record(
         tags=[*record.tags, "annotated"],
         meta=meta,
     )
+
+
+def count_empty_answers(model_answers: Mapping[str, Sequence[tuple[str, str]]]) -> int:
+    """How many handed-in model answers are empty (a sampled end-of-sequence first). The
+    annotator skips them (a response cannot be empty); callers report the count."""
+    return sum(not t.strip() for answers in model_answers.values() for _, t in answers)
 
 
 def annotate_records(
