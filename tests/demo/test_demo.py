@@ -104,6 +104,11 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "vision_steps must be >= 0" in res.output
     assert not (tmp_path / "v").exists()  # refused before any stage ran
     res = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(tmp_path / "v"), "--vision-steps", "0", "--language-steps", "5"],
+    )
+    assert res.exit_code == 2 and "language_steps needs the vision tower" in res.output
+    res = CliRunner().invoke(
         app, ["demo", "--out", str(tmp_path / "v"), "--samples-per-query", "0"]
     )
     assert res.exit_code == 2 and "samples_per_query must be >= 1" in res.output

@@ -104,3 +104,9 @@ def test_build_tiny_cli_pretrains_with_a_world(world_dir: Path, tmp_path: Path) 
     res = CliRunner().invoke(app, [*args, "--vision-steps", "3", "--patch-size", "12"])
     assert res.exit_code == 2 and "patch_size must be 24" in res.output
     assert "--vision-steps 0" in res.output
+    res = CliRunner().invoke(
+        app, [*args, "--vision-steps", "2", "--language-steps", "3", "--text-layers", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "language model pretrained" in res.output and "held-out cosine" in res.output
+    assert (out / "language_pretrain.json").exists()

@@ -72,6 +72,13 @@ def demo(
         help="Steps pretraining the tiny model's vision tower on the world's cells before SFT "
         "(the stand-in for a pretrained CLIP); 0 keeps the random tower.",
     ),
+    language_steps: int = typer.Option(
+        0,
+        "--language-steps",
+        help="Steps pretraining the tiny model's language model on symbolic scenes and "
+        "aligning its projector (the stand-in for a pretrained LLM; ~14 steps/s); SFT then "
+        "uses lr 5e-4. 0 keeps the LM random.",
+    ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
     ),
@@ -102,11 +109,13 @@ def demo(
             critique_order=critique_order,
             candidate_weights=tuple(candidate_weight or ()),
             vision_steps=vision_steps,
+            language_steps=language_steps,
         )
     except ValueError as e:  # the settings DemoSettings checks
         msg = str(e)
         hints = {
             "vision_steps": "--vision-steps",
+            "language_steps": "--language-steps",
             "samples_per_query": "--samples-per-query",
             "sample_temperature": "--sample-temperature",
             "candidate weight": "--candidate-weight",
