@@ -110,3 +110,5 @@ def test_build_tiny_cli_pretrains_with_a_world(world_dir: Path, tmp_path: Path) 
     assert res.exit_code == 0, res.output
     assert "language model pretrained" in res.output and "held-out cosine" in res.output
     assert (out / "language_pretrain.json").exists()
+    res = CliRunner().invoke(app, [*args, "--vision-steps", "0", "--language-steps", "3"])
+    assert res.exit_code == 2 and "needs the vision tower pretrained" in res.output

@@ -50,6 +50,13 @@ def build_tiny(
     """Build a tiny randomly initialised VLM of a real transformers architecture."""
     from mmrlhf.models.tiny import TinyVLMConfig, build_tiny_vlm, tokenizer_corpus
 
+    if language_steps > 0 and vision_steps <= 0:
+        raise typer.BadParameter(
+            "needs the vision tower pretrained (--vision-steps > 0): the projector is aligned "
+            "to what the pretrained tower reads",
+            param_hint="--language-steps",
+        )
+
     corpus = tokenizer_corpus(world=world, files=texts or [])
     cfg = TinyVLMConfig(
         arch=arch,
