@@ -304,6 +304,19 @@ class _Background:
             self.pool.shutdown()
 
 
+def sft_overrides(s: DemoSettings, model_dir: Path, world_dir: Path, sft_dir: Path) -> list[str]:
+    """The SFT config overrides of the demo's SFT stage; the user's ``s.overrides`` come last,
+    so they win (also over the lower learning rate a pretrained LM gets)."""
+    return [
+        f"model.path={model_dir}",
+        f"data.train={world_dir / 'sft_train.jsonl'}",
+        f"train.output_dir={sft_dir}",
+        f"train.seed={s.seed}",
+        *([f"train.lr={PRETRAINED_LM_SFT_LR}"] if s.language_steps > 0 else []),
+        *s.overrides,
+    ]
+
+
 class DemoSettingsChanged(ValueError):
     """An output folder made with other settings: its cached stages would not match them."""
 
@@ -462,18 +475,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 3. SFT
     sft_cfg_path = s.sft_config or REPO_CONFIGS / "world" / "sft.yaml"
     sft_dir = out / "sft"
-    cfg = load_config(
-        SFTConfig,
-        sft_cfg_path,
-        [
-            f"model.path={model_dir}",
-            f"data.train={world_dir / 'sft_train.jsonl'}",
-            f"train.output_dir={sft_dir}",
-            f"train.seed={s.seed}",
-            *([f"train.lr={PRETRAINED_LM_SFT_LR}"] if s.language_steps > 0 else []),
-            *s.overrides,
-        ],
-    )
+    cfg = load_config(SFTConfig, sft_cfg_path, sft_overrides(s, model_dir, world_dir, sft_dir))
     sft_final = sft_dir / "final"
     cached = (sft_final / "config.json").exists()
 

@@ -165,3 +165,18 @@ def test_dpo_queries_keep_yes_and_no_level(tmp_path: Path) -> None:
     answers = [r.facts.short_answer for r in dpo]
     assert abs(answers.count("yes") - answers.count("no")) <= 1
     assert answers.count("yes") > 10  # the scarce answer is all kept, not the level forced low
+
+
+def test_sft_overrides_lower_the_lr_for_a_pretrained_lm(tmp_path: Path) -> None:
+    from mmrlhf.config import load_config
+    from mmrlhf.demo import PRETRAINED_LM_SFT_LR, REPO_CONFIGS, sft_overrides
+    from mmrlhf.training.sft import SFTConfig
+
+    def lr(**kw: object) -> float:
+        s = DemoSettings(out=tmp_path, **kw)  # type: ignore[arg-type]
+        ov = sft_overrides(s, tmp_path / "m", tmp_path / "w", tmp_path / "sft")
+        return load_config(SFTConfig, REPO_CONFIGS / "world" / "sft.yaml", ov).train.lr
+
+    assert lr() == 2e-3  # the shipped config's, for a random LM
+    assert lr(language_steps=5) == PRETRAINED_LM_SFT_LR
+    assert lr(language_steps=5, overrides=("train.lr=1e-3",)) == 1e-3  # the user's wins
