@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -179,14 +178,11 @@ def pretrain_language_model(
     and their slots. Writing in place is not atomic; callers that cache (the demo) build in a
     scratch folder and rename.
     """
+    from mmrlhf.world.vision import cpu_threads
+
     cfg = cfg or LanguagePretrainConfig()
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with cpu_threads(cfg.num_threads):
         return _pretrain(Path(model_dir), world, cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(
@@ -198,7 +194,7 @@ def _pretrain(
     from mmrlhf.models.load import ModelConfig, load_vlm, vision_tower
     from mmrlhf.world.generate import make_record
     from mmrlhf.world.questions import ask
-    from mmrlhf.world.vision import _image_tokens, check_cell_patching
+    from mmrlhf.world.vision import check_cell_patching, image_tokens, save_in_place
 
     model, processor = load_vlm(ModelConfig(path=str(model_dir), device="cpu"), for_training=False)
     check_cell_patching(model.config, world)
@@ -290,7 +286,7 @@ def _pretrain(
             [render_scene(s, world) for s in scenes], return_tensors="pt"
         )["pixel_values"]
         with torch.no_grad():
-            feats = _image_tokens(tower, pixels, layer)
+            feats = image_tokens(tower, pixels, layer)
             target = torch.stack([slots.slots(s) for s in scenes])
         return feats, target
 
@@ -328,12 +324,8 @@ def _pretrain(
         report["slot_norm"] = round(target.norm(dim=-1).mean().item(), 4)
     report["align_seconds"] = round(time.time() - t1, 1)
 
-    # 3. Save beside and rename over (the loaded weights may be memory-mapped from the file).
-    scratch = model_dir / ".language-pretrain.tmp"
-    model.save_pretrained(scratch)
-    for f in scratch.iterdir():
-        os.replace(f, model_dir / f.name)
-    scratch.rmdir()
+    # 3. Save over the checkpoint it was loaded from.
+    save_in_place(model, model_dir, ".language-pretrain.tmp")
     report["seconds"] = round(time.time() - t0, 1)
     (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
     return report

@@ -29,6 +29,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +167,7 @@ def _draw(
     return pixels, labels
 
 
-def _image_tokens(tower: torch.nn.Module, pixels: torch.Tensor, layer: int) -> torch.Tensor:
+def image_tokens(tower: torch.nn.Module, pixels: torch.Tensor, layer: int) -> torch.Tensor:
     """The features LLaVA hands its projector: ``(B, cells, hidden)``, CLS dropped."""
     return tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
 
@@ -198,6 +200,32 @@ def _accuracies(heads: _Heads, h: torch.Tensor, y: dict[str, torch.Tensor]) -> d
     return acc
 
 
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Compute on ``n`` torch threads inside the block (0 = leave the setting), restored after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def save_in_place(model: Any, model_dir: Path, scratch_name: str) -> None:
+    """Save ``model`` over the checkpoint in ``model_dir`` it was loaded from.
+
+    Saved beside (``model_dir / scratch_name``) and renamed over, file by file: the weights just
+    loaded may be memory-mapped from the file being replaced, and rewriting a mapped file in
+    place could corrupt them.
+    """
+    scratch = model_dir / scratch_name
+    model.save_pretrained(scratch)
+    for f in scratch.iterdir():
+        os.replace(f, model_dir / f.name)
+    scratch.rmdir()
+
+
 def pretrain_vision_tower(
     model_dir: str | Path,
     world: WorldConfig,
@@ -213,13 +241,8 @@ def pretrain_vision_tower(
     in place is not atomic; callers that cache (the demo) build in a scratch folder and rename.
     """
     cfg = cfg or VisionPretrainConfig()
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with cpu_threads(cfg.num_threads):
         return _pretrain(Path(model_dir), world, cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(
@@ -256,7 +279,7 @@ def _pretrain(
         # 3. A batch of scenes nobody has drawn before (rendering is ~1/3 of the step's time).
         pixels, y = _draw(rng, cfg.batch_size, world, processor, f"v{step}-")
         # 4. Forward, the summed read-out losses, update.
-        losses = _losses(heads, _image_tokens(tower, pixels, layer), y, cfg.position)
+        losses = _losses(heads, image_tokens(tower, pixels, layer), y, cfg.position)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,21 +292,15 @@ def _pretrain(
     probe_rng = random.Random(f"{cfg.seed}:vision-pretrain:probe")
     with torch.no_grad():
         pixels, y = _draw(probe_rng, cfg.probe_scenes, world, processor, "probe")
-        h = _image_tokens(tower, pixels, layer)
+        h = image_tokens(tower, pixels, layer)
         probe = _accuracies(heads, h, y) if cfg.steps else {}
         if not cfg.position:
             probe.pop("position", None)  # an untrained head
         probe["content_majority"] = round((y["content"] == 0).float().mean().item(), 4)
         probe["feature_norm"] = round(h.norm(dim=-1).mean().item(), 3)
 
-    # 6. Save the model (the LM and projector are unchanged) and the report. Saved beside and
-    # renamed over: the weights just loaded may be memory-mapped from the file being replaced,
-    # and rewriting a mapped file in place could corrupt them.
-    scratch = model_dir / ".vision-pretrain.tmp"
-    model.save_pretrained(scratch)
-    for f in scratch.iterdir():
-        os.replace(f, model_dir / f.name)
-    scratch.rmdir()
+    # 6. Save the model (the LM and projector are unchanged) and the report.
+    save_in_place(model, model_dir, ".vision-pretrain.tmp")
     report = {
         "config": asdict(cfg),
         "seconds": round(time.time() - t0, 1),
