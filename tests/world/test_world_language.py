@@ -53,6 +53,28 @@ def test_slots_hand_computed(tiny_models: dict[str, Path]) -> None:
         assert torch.allclose(slots[k], torch.tensor([bg, 1.0]))
 
 
+def test_batched_slots_match_one_scene_at_a_time(tiny_models: dict[str, Path]) -> None:
+    """``batch`` (one embedding_bag for a whole batch) equals the scenes' slots stacked in
+    order, position words included (``[t, 1]`` table: each position adds ``[mean(p), 1]``)."""
+    tok = load_processor(tiny_models["llava"]).tokenizer
+    emb = torch.nn.Embedding(len(tok), 2)
+    with torch.no_grad():
+        emb.weight[:, 0] = torch.arange(len(tok), dtype=torch.float)
+        emb.weight[:, 1] = 1.0
+    world = WorldConfig()
+    a = Scene(
+        id="a", background="ocean", objects=[SceneObject("circle", "red", "large", 0, 0, 12, 12)]
+    )
+    b = Scene(id="b", background="cave", objects=[], glyph=Glyph(digit=3, row=1, col=1))
+    plain, placed = SlotEmbedder(emb, tok, world), SlotEmbedder(emb, tok, world, True)
+    both = placed.batch([a, b])
+    assert both.shape == (18, 2)
+    assert torch.equal(both, torch.cat([placed.slots(a), placed.slots(b)]))
+    ids = tok("top left", add_special_tokens=False)["input_ids"]
+    assert torch.allclose(both[0], plain.slots(a)[0] + torch.tensor([sum(ids) / len(ids), 1.0]))
+    assert not torch.equal(both[9:], plain.batch([b]))
+
+
 def test_pretraining_trains_the_lm_then_the_projector(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
