@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,16 +23,28 @@ from mmrlhf.world.language import (
 from mmrlhf.world.scene import Glyph, Scene, SceneObject
 
 
+def _id_table(vocab: int) -> torch.nn.Embedding:
+    """An embedding table where token t is the vector ``[t, 1]``: a mean over tokens is then
+    ``[mean id, 1]``, easy to compute by hand."""
+    emb = torch.nn.Embedding(vocab, 2)
+    with torch.no_grad():
+        emb.weight[:, 0] = torch.arange(vocab, dtype=torch.float)
+        emb.weight[:, 1] = 1.0
+    return emb
+
+
+def _mean_id(tok: Any, text: str) -> float:
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return sum(ids) / len(ids)
+
+
 def test_slots_hand_computed(tiny_models: dict[str, Path]) -> None:
     """An embedding table where token t is the vector ``[t, 1]``: a cell's slot is the mean over
     the background's tokens plus the mean over the cell's words, so with background tokens
     ``b`` and cell tokens ``c`` the slot is ``[mean(b) + mean(c), 2]``; an empty cell is
     ``[mean(b), 1]``."""
     tok = load_processor(tiny_models["llava"]).tokenizer
-    emb = torch.nn.Embedding(len(tok), 2)
-    with torch.no_grad():
-        emb.weight[:, 0] = torch.arange(len(tok), dtype=torch.float)
-        emb.weight[:, 1] = 1.0
+    emb = _id_table(len(tok))
     world = WorldConfig()
     scene = Scene(
         id="s",
@@ -41,14 +54,10 @@ def test_slots_hand_computed(tiny_models: dict[str, Path]) -> None:
     )
     slots = SlotEmbedder(emb, tok, world).slots(scene)
 
-    def mean_id(text: str) -> float:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        return sum(ids) / len(ids)
-
-    bg = mean_id("ocean")
+    bg = _mean_id(tok, "ocean")
     assert slots.shape == (9, 2)
-    assert torch.allclose(slots[0], torch.tensor([bg + mean_id("large red circle"), 2.0]))
-    assert torch.allclose(slots[8], torch.tensor([bg + mean_id("digit 7"), 2.0]))
+    assert torch.allclose(slots[0], torch.tensor([bg + _mean_id(tok, "large red circle"), 2.0]))
+    assert torch.allclose(slots[8], torch.tensor([bg + _mean_id(tok, "digit 7"), 2.0]))
     for k in range(1, 8):
         assert torch.allclose(slots[k], torch.tensor([bg, 1.0]))
 
@@ -57,10 +66,7 @@ def test_batched_slots_match_one_scene_at_a_time(tiny_models: dict[str, Path]) -
     """``batch`` (one embedding_bag for a whole batch) equals the scenes' slots stacked in
     order, position words included (``[t, 1]`` table: each position adds ``[mean(p), 1]``)."""
     tok = load_processor(tiny_models["llava"]).tokenizer
-    emb = torch.nn.Embedding(len(tok), 2)
-    with torch.no_grad():
-        emb.weight[:, 0] = torch.arange(len(tok), dtype=torch.float)
-        emb.weight[:, 1] = 1.0
+    emb = _id_table(len(tok))
     world = WorldConfig()
     a = Scene(
         id="a", background="ocean", objects=[SceneObject("circle", "red", "large", 0, 0, 12, 12)]
@@ -70,8 +76,8 @@ def test_batched_slots_match_one_scene_at_a_time(tiny_models: dict[str, Path]) -
     both = placed.batch([a, b])
     assert both.shape == (18, 2)
     assert torch.equal(both, torch.cat([placed.slots(a), placed.slots(b)]))
-    ids = tok("top left", add_special_tokens=False)["input_ids"]
-    assert torch.allclose(both[0], plain.slots(a)[0] + torch.tensor([sum(ids) / len(ids), 1.0]))
+    top_left = torch.tensor([_mean_id(tok, "top left"), 1.0])
+    assert torch.allclose(both[0], plain.slots(a)[0] + top_left)
     assert not torch.equal(both[9:], plain.batch([b]))
 
 
