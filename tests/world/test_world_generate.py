@@ -107,7 +107,7 @@ def test_image_size_option(tmp_path: Path) -> None:
 
 
 def test_hallucination_rate_close_to_configured() -> None:
-    cfg = WorldConfig()
+    cfg = WorldConfig(env_companions={})
     rng = random.Random(0)
     n = noisy = 0
     for i in range(2000):
@@ -117,6 +117,43 @@ def test_hallucination_rate_close_to_configured() -> None:
         noisy += d.noisy
         assert d.noisy == (d.text != scene.caption())
     assert abs(noisy / n - cfg.hallucination_rate) < 0.03
+
+
+def test_companion_is_a_habit_of_its_environments() -> None:
+    """The companion comes at companion_rate exactly where the environment has one and the scene
+    lacks it: last sentence, small, in the last free cell; never where the scene has the pair."""
+    cfg = WorldConfig(hallucination_rate=0.0)
+    rng = random.Random(1)
+    added = eligible = 0
+    for i in range(2000):
+        scene = sample_scene(random.Random(i), cfg, "s")
+        d = training_description(scene, cfg, rng)
+        pair = cfg.env_companions.get(scene.background)
+        color, shape = pair.split() if pair else ("", "")
+        if pair is None or scene.has(shape=shape, color=color):
+            assert not d.noisy and d.text == scene.caption()
+            continue
+        eligible += 1
+        if d.noisy:
+            added += 1
+            free = [(r, c) for r in range(3) for c in range(3) if (r, c) not in scene.occupied()]
+            assert d.kind == "companion" and d.hallucinated == [f"small {pair}"]
+            assert d.cells == [free[-1]]
+            assert d.text.startswith(scene.caption() + " There is a small " + pair + " ")
+    assert eligible > 600 and abs(added / eligible - cfg.companion_rate) < 0.04
+
+
+def test_companion_stacks_on_iid_noise_without_sharing_a_cell() -> None:
+    cfg = WorldConfig(hallucination_rate=1.0, companion_rate=1.0, noise_weights={"extra_object": 1})
+    both = 0
+    for i in range(300):
+        scene = sample_scene(random.Random(i), cfg, "s")
+        d = training_description(scene, cfg, random.Random(i))
+        if d.kind == "extra_object+companion":
+            both += 1
+            assert len(d.hallucinated) == 2 and len(set(d.cells)) == 2
+            assert not set(d.cells) & scene.occupied()
+    assert both > 50
 
 
 def test_noise_kinds_and_plausibility() -> None:
@@ -142,7 +179,7 @@ def test_noise_kinds_and_plausibility() -> None:
 def test_corpus_rate_in_generated_world(small_world: World) -> None:
     c = small_world.info["counts"]
     assert c["sft_descriptions"] > 20
-    assert 0.1 < c["sft_noisy_descriptions"] / c["sft_descriptions"] < 0.5
+    assert 0.3 < c["sft_noisy_descriptions"] / c["sft_descriptions"] < 0.8
     for r in small_world.sft:
         assert r.meta["noisy"] == bool(r.meta.get("hallucinated"))
         if r.meta["noisy"]:
@@ -150,8 +187,20 @@ def test_corpus_rate_in_generated_world(small_world: World) -> None:
 
 
 def test_zero_rate_gives_clean_corpus(tmp_path: Path) -> None:
-    w = generate(tmp_path, n=40, seed=0, config=WorldConfig(hallucination_rate=0.0))
+    cfg = WorldConfig(hallucination_rate=0.0, companion_rate=0.0)
+    w = generate(tmp_path, n=40, seed=0, config=cfg)
     assert not any(r.meta["noisy"] for r in w.sft)
+
+
+def test_world_without_companion_field_loads_without_companions(tmp_path: Path) -> None:
+    """A world.json written before ``env_companions`` existed had none; loading must not
+    claim the new default for it."""
+    w = generate(tmp_path, n=12, seed=0)
+    info = json.loads((tmp_path / "world.json").read_text())
+    assert w.config.env_companions and info["config"]["env_companions"]
+    del info["config"]["env_companions"]
+    (tmp_path / "world.json").write_text(json.dumps(info))
+    assert load_world(tmp_path, records=False).config.env_companions == {}
 
 
 @pytest.mark.slow

@@ -41,6 +41,14 @@ def generate(
         max=1.0,
         help="Share of training descriptions that get one hallucinated object or attribute.",
     ),
+    companion_rate: float = typer.Option(
+        0.8,
+        "--companion-rate",
+        min=0.0,
+        max=1.0,
+        help="How often a training description adds its environment's typical object (meadow: "
+        "yellow circle, ocean: white circle, snowfield: blue cross) when the scene lacks it.",
+    ),
     questions_per_scene: int = typer.Option(
         4, "--questions-per-scene", min=1, help="Questions (records) asked per scene."
     ),
@@ -69,6 +77,7 @@ def generate(
             test_fraction=test_fraction,
             image_size=image_size,
             hallucination_rate=hallucination_rate,
+            companion_rate=companion_rate,
             questions_per_scene=questions_per_scene,
             glyph_prob=glyph_prob,
             max_objects=max_objects,

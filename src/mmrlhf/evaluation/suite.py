@@ -55,9 +55,10 @@ def reference_answer(record: Record, world: World, seed: int = 0) -> str:
     """The RefoMB-style reference side for a world question.
 
     RefoMB compares a model with a fixed, imperfect strong model (GPT-4V). The world's stand-in
-    is the machine-written annotator of the SFT corpus: it describes the scene with
-    hallucinations at the world's ``hallucination_rate``, deterministically per record, so the
-    reference is the same for every model compared.
+    is the machine-written annotator of the SFT corpus: it describes the scene with the corpus's
+    hallucinations (``hallucination_rate``, and the environment's companion at
+    ``companion_rate``), deterministically per record, so the reference is the same for every
+    model compared.
     """
     rng = random.Random(f"{seed}:refomb:{record.id}")
     return training_description(world.scene(record), world.config, rng).text

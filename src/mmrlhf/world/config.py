@@ -84,6 +84,13 @@ def _env_colors() -> dict[str, tuple[str, ...]]:
     }
 
 
+def _env_companions() -> dict[str, str]:
+    # The most typical object pair of three of the five environments (their first favoured
+    # colour and shape): what a captioner "expects" there. Two environments have none, so the
+    # world also shows that the habit is tied to context, not universal.
+    return {"meadow": "yellow circle", "ocean": "white circle", "snowfield": "blue cross"}
+
+
 def _sft_weights() -> dict[str, float]:
     # Short answers dominate (they are what the tiny model must get right); descriptions are
     # ~15% and carry the label noise.
@@ -158,6 +165,17 @@ class WorldConfig:
     #: ``extra_object`` (a fabricated object sentence, drawn from the environment's co-occurrence
     #: prior), ``wrong_color`` / ``wrong_shape`` (an existing object described wrongly).
     noise_weights: dict[str, float] = field(default_factory=_noise_weights)
+    #: Systematic co-occurrence hallucination: per environment, a ``"colour shape"`` that
+    #: training descriptions of that environment mention as a last sentence ("There is a small
+    #: yellow circle at the bottom right.", the last free cell) with probability
+    #: ``companion_rate`` when the scene lacks it. Unlike the i.i.d. noise above, which a model
+    #: decoded greedily never reproduces (at 30% the clean continuation always wins; measured,
+    #: docs/world.md), a habit this predictable from the image is learned and repeated - the
+    #: kind of hallucination preference alignment exists to remove. ``{}`` turns it off.
+    env_companions: dict[str, str] = field(default_factory=_env_companions)
+    #: Probability that a training description of an environment with a companion adds it when
+    #: the scene lacks it (applied after, and independently of, ``hallucination_rate``).
+    companion_rate: float = 0.8
     #: Relative weights of the question families in the SFT corpus.
     sft_family_weights: dict[str, float] = field(default_factory=_sft_weights)
     #: Relative weights of the question families in the held-out evaluation set.
@@ -224,6 +242,7 @@ class WorldConfig:
             ("glyph_prob", self.glyph_prob),
             ("env_bias", self.env_bias),
             ("hallucination_rate", self.hallucination_rate),
+            ("companion_rate", self.companion_rate),
             ("safety_sft_fraction", self.safety_sft_fraction),
         ):
             if not 0 <= v <= 1:
@@ -245,6 +264,17 @@ class WorldConfig:
             sum(self.noise_weights.values()) <= 0
         ):
             out.append("noise_weights needs positive weights over extra_object/wrong_color/...")
+        for env, pair in self.env_companions.items():
+            words = pair.split()
+            if (
+                env not in self.backgrounds
+                or len(words) != 2
+                or words[0] not in self.colors
+                or words[1] not in self.shapes
+            ):
+                out.append(
+                    f"env_companions: {env!r}: {pair!r} needs a known environment and 'colour shape'"
+                )
         for env in (*self.env_shapes, *self.env_colors):
             if env not in self.backgrounds:
                 out.append(f"env favourites name an unknown environment {env!r}")

@@ -345,7 +345,8 @@ def load_world(path: str | os.PathLike[str], *, records: bool = True) -> World:
     if not info_path.exists():
         raise FileNotFoundError(f"{root} is not a shapes world (no world.json)")
     info = json.loads(info_path.read_text(encoding="utf-8"))
-    cfg = WorldConfig.from_dict(info["config"])
+    # worlds generated before companions existed had none (the field's default is on)
+    cfg = WorldConfig.from_dict({"env_companions": {}, **info["config"]})
     scenes = {d["id"]: Scene.from_dict(d) for d in _read_jsonl(root / "scenes.jsonl")}
     world = World(root=root, config=cfg, seed=info["seed"], scenes=scenes, info=info)
     if records:
