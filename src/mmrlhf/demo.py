@@ -74,6 +74,10 @@ class DemoSettings:
     n_scenes: int = 10000
     #: Of those, held out for evaluation (fixed, so that evaluation costs the same at any size).
     test_scenes: int = 200
+    #: The world's ``companion_rate``: how often a training description adds its environment's
+    #: typical object when the scene lacks it (the learned hallucination habit MM-DPO removes;
+    #: docs/world.md). 0 gives the i.i.d.-noise corpus of the demos before the thirteenth session.
+    companion_rate: float = 0.8
     seed: int = 0
     sft_config: Path | None = None
     overrides: tuple[str, ...] = ()
@@ -136,6 +140,8 @@ class DemoSettings:
                 f"test_scenes must be between 1 and n_scenes - 1 ({self.n_scenes - 1}), "
                 f"got {self.test_scenes}"
             )
+        if not 0 <= self.companion_rate <= 1:
+            raise ValueError(f"companion_rate must be in [0, 1], got {self.companion_rate}")
         if self.vision_steps < 0:
             raise ValueError(f"vision_steps must be >= 0, got {self.vision_steps}")
         if self.language_steps < 0:
@@ -317,6 +323,16 @@ def sft_overrides(s: DemoSettings, model_dir: Path, world_dir: Path, sft_dir: Pa
     ]
 
 
+#: Settings added after some folders were made, with the value those folders ran with (the
+#: current default would claim otherwise): before ``companion_rate`` worlds had no companions.
+_BEFORE_THE_SETTING = {"companion_rate": 0.0}
+
+
+def _world_companion_rate(config: dict[str, Any]) -> float:
+    """The companion rate a generated world's ``world.json`` config ran with (0 without any)."""
+    return float(config.get("companion_rate", 0.0)) if config.get("env_companions") else 0.0
+
+
 class DemoSettingsChanged(ValueError):
     """An output folder made with other settings: its cached stages would not match them."""
 
@@ -336,8 +352,10 @@ def _check_settings(s: DemoSettings) -> None:
             raise DemoSettingsChanged(
                 f"{stamp}: unreadable ({e}); delete the folder {s.out} to start over"
             ) from None
-        # A setting added after the folder was made reads as its default there.
+        # A setting added after the folder was made reads as its default there, or as the value
+        # such folders actually ran with where the default has changed since.
         defaults = json.loads(json.dumps(dataclasses.asdict(DemoSettings(s.out)), default=str))
+        defaults |= _BEFORE_THE_SETTING
         before = {k: before.get(k, defaults.get(k)) for k in set(before) | set(defaults)}
         before.pop("out", None)
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
@@ -408,6 +426,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         made.get("seed") == s.seed
         and made.get("n") == s.n_scenes
         and made.get("config", {}).get("test_fraction") == _test_fraction(s)
+        and _world_companion_rate(made.get("config", {})) == s.companion_rate
         and (world_dir / "pope_test.jsonl").exists()
     )
     _run_stage(
@@ -422,7 +441,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                 world_dir,
                 n=s.n_scenes,
                 seed=s.seed,
-                config=WorldConfig(test_fraction=_test_fraction(s)),
+                config=WorldConfig(
+                    test_fraction=_test_fraction(s), companion_rate=s.companion_rate
+                ),
             )
         ),
     )

@@ -70,6 +70,29 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
     assert again["wall_seconds"] < first["wall_seconds"]
 
 
+def test_folder_from_before_companions_reads_as_companion_rate_zero(tmp_path: Path) -> None:
+    """A folder stamped before ``companion_rate`` existed ran a world without companions: the
+    new default (0.8) must not pass for it, 0 must; its world is cached only at its own rate."""
+    from mmrlhf.demo import DemoSettingsChanged, _check_settings, _world_companion_rate
+
+    out = tmp_path / "old"
+    out.mkdir()
+    _check_settings(DemoSettings(out=out, seed=1))
+    stamp = json.loads((out / "demo_settings.json").read_text())
+    del stamp["companion_rate"]
+    (out / "demo_settings.json").write_text(json.dumps(stamp))
+    with pytest.raises(DemoSettingsChanged, match=r"companion_rate: 0.0 -> 0.8"):
+        _check_settings(DemoSettings(out=out, seed=1))
+    _check_settings(DemoSettings(out=out, seed=1, companion_rate=0.0))
+    assert _world_companion_rate({"test_fraction": 0.02}) == 0.0  # world.json from before
+    assert _world_companion_rate({"env_companions": {"meadow": "yellow circle"}}) == 0.0
+    on = {"env_companions": {"meadow": "yellow circle"}, "companion_rate": 0.8}
+    assert _world_companion_rate(on) == 0.8
+    assert _world_companion_rate({**on, "env_companions": {}}) == 0.0
+    with pytest.raises(ValueError, match="companion_rate must be in"):
+        DemoSettings(out=out, companion_rate=1.5)
+
+
 def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     """Stages are cached by their files: a re-run in the same folder with other settings would
     reuse results made with the old ones, so it stops with the changed settings named."""

@@ -16,6 +16,14 @@ def demo(
         200, "--test-scenes", help="Of those, held out for evaluation and the reward bench."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the world, the models and training."),
+    companion_rate: float = typer.Option(
+        0.8,
+        "--companion-rate",
+        min=0.0,
+        max=1.0,
+        help="How often a training description adds its environment's typical object when the "
+        "scene lacks it (the learned hallucination MM-DPO removes); 0: i.i.d. noise only.",
+    ),
     sft_config: Path = typer.Option(
         None, "--sft-config", help="SFT config (default: configs/world/sft.yaml)."
     ),
@@ -92,6 +100,7 @@ def demo(
             out=out,
             n_scenes=n,
             test_scenes=test_scenes,
+            companion_rate=companion_rate,
             seed=seed,
             sft_config=sft_config,
             overrides=tuple(overrides or ()),
