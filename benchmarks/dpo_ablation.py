@@ -7,7 +7,8 @@ with the world suite on unseen scenes):
 - ``dpo_all``:    plain DPO (w = 0), all pairs per query;
 - ``mmdpo_one``:  dynamic scaling, one pair per query (best vs next);
 - ``dpo_one``:    plain DPO, one pair per query (what pair-at-a-time pipelines do);
-- ``mmdpo_all_nll``: dynamic scaling, all pairs, plus MM-RLHF's published NLL term (gamma 0.25).
+- ``mmdpo_all_no_nll``: dynamic scaling, all pairs, without the NLL term on the chosen response
+  (the shipped config has MM-RLHF's published gamma 0.25).
 
 Usage::
 
@@ -29,7 +30,7 @@ VARIANTS = {
     "dpo_all": ["loss.w=0"],
     "mmdpo_one": ["data.max_pairs_per_query=1"],
     "dpo_one": ["loss.w=0", "data.max_pairs_per_query=1"],
-    "mmdpo_all_nll": ["loss.gamma=0.25"],
+    "mmdpo_all_no_nll": ["loss.gamma=0"],
 }
 KEYS = (
     "chair_i",

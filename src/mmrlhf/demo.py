@@ -9,8 +9,8 @@ settings stops with the changed ones named instead of mixing old stages into new
                 tower pretrained to read the world's grid cells (``world.vision``);
 3. sft        - supervised fine-tuning;
 4. eval-sft   - the world evaluation suite on the SFT model;
-5. candidates - K candidate answers per training query: the truth and checked corruptions
-                (optionally a sample from the SFT model, ``--sample-weight``);
+5. candidates - K candidate answers per training query: the truth and checked corruptions,
+                and for the DPO queries 3 samples from the SFT model (``--sample-weight``);
 6. annotate   - the simulated MM-RLHF annotators: fine-grained scores, rankings with ties,
                 critiques (noisy, several annotators), plus a noise-free held-out reward bench;
 7. rm         - the critique-based reward model, initialised from the SFT model;
@@ -95,18 +95,18 @@ class DemoSettings:
     k: int = 4
     #: Temperature of the SFT model's candidate sample.
     sample_temperature: float = 0.7
-    #: Annotation draw weight of that on-policy sample among the DPO queries' candidates (the
-    #: corruptions weigh 0.5-2, see ``world.annotate.DEFAULT_WEIGHTS``); 0 (default) leaves it out
-    #: and skips sampling. Measured (docs/results.md, "On-policy samples"): with weight 2 (in
-    #: 185 of 300 description queries, nearly always the rejected side) seed 0 aligned worse
-    #: (CHAIR_i 0.766 vs 0.662, MMHal 2.14 vs 2.56) and seed 1 the same (0.690 vs 0.688). With
-    #: the pretrained tower, 3 samples per query (weight 4) and their corrections
-    #: (``model_corrected``) were neutral to harmful too (CHAIR_i 0.180 -> 0.199 seed 0,
-    #: 0.096 -> 0.131 seed 1; "On-policy samples and dense corrections").
-    sample_weight: float = 0.0
+    #: Annotation draw weight of the on-policy samples among the DPO queries' candidates (the
+    #: corruptions weigh 0.5-2, see ``world.annotate.DEFAULT_WEIGHTS``); 0 leaves them out and
+    #: skips sampling. RLAIF-V's recipe: the SFT model's own answers, ranked by the feedback,
+    #: so the pairs show the policy its own hallucinations. Measured (docs/results.md, "A
+    #: learned hallucination habit"): with the learned companion habit, 3 samples at weight 4
+    #: take the three-seed CHAIR_i from 0.66x to 0.62x of SFT's, MMHal 3.330 -> 3.396, short
+    #: answers 0.643 -> 0.657, for ~15 s of sampling. (Before the habit existed, when every
+    #: hallucination was a misread, they were neutral to harmful: "On-policy samples".)
+    sample_weight: float = 4.0
     #: On-policy samples per DPO query when ``sample_weight > 0`` (RLAIF-V samples several and
     #: ranks them; identical samples count once). Each is drawn with its own seed.
-    samples_per_query: int = 1
+    samples_per_query: int = 3
     #: Candidate draw weights changed from ``world.annotate.DEFAULT_WEIGHTS``, as ``SOURCE=W``
     #: (``mmrlhf world annotate --weight``), e.g. ``("false_denial=0",)``.
     candidate_weights: tuple[str, ...] = ()
@@ -530,7 +530,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         s.seed,
     )
 
-    # 5-6. candidates (optionally one SFT sample per DPO query) and simulated annotation
+    # 5-6. candidates (truth, corruptions, the SFT model's own samples) and simulated annotation
     prefs = out / "prefs"
     prefs.mkdir(exist_ok=True)
     ann_cfg = AnnotateConfig(
@@ -551,10 +551,10 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         if cached:
             return
         queries = _split_queries(annotation_queries(world, "train"), s)
-        # An on-policy sample per DPO query is optional (s.sample_weight): the policy can rarely
-        # write a better one than the truth or its corruptions, so it lands on the rejected side
-        # and DPO with an off-policy chosen side only pushes the policy's own text down, which
-        # measured neutral to harmful here. The RM queries keep truth + corruptions.
+        # On-policy samples for the DPO queries (s.sample_weight, s.samples_per_query): where
+        # the policy repeats a learned hallucination the annotator ranks its sample below the
+        # truth, so the pair targets exactly what the policy does. The RM queries keep truth +
+        # corruptions (the RM is trained before, and independently of, the policy's samples).
         tag = f"sft@{s.sample_temperature}"
         model_answers: dict[str, list[tuple[str, str]]] = {}
         if s.sample_weight > 0:

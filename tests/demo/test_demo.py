@@ -35,7 +35,7 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         rm_steps=2,
         rm_overrides=("train.batch_size=4", "train.save_every=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "train.save_every=0"),
-        sample_weight=1000.0,  # exercise the on-policy path (off by default): always drawn
+        sample_weight=1000.0,  # always drawn, so every DPO query has them
         samples_per_query=2,
         candidate_weights=("false_denial=0", "wrong_color=2"),
         vision_steps=3,

@@ -47,13 +47,13 @@ def demo(
     dpo_queries: int = typer.Option(600, "--dpo-queries", help="Scored queries for MM-DPO."),
     rm_steps: int = typer.Option(150, "--rm-steps", help="Reward-model training steps."),
     sample_weight: float = typer.Option(
-        0.0,
+        4.0,
         "--sample-weight",
-        help="Draw weight of the SFT model's own sample among each DPO query's candidates "
-        "(0: no on-policy sample).",
+        help="Draw weight of the SFT model's own samples among each DPO query's candidates "
+        "(RLAIF-V's on-policy samples; 0: none, no sampling).",
     ),
     samples_per_query: int = typer.Option(
-        1,
+        3,
         "--samples-per-query",
         help="On-policy samples per DPO query when --sample-weight > 0 (each with its own seed).",
     ),
