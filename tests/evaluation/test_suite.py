@@ -285,3 +285,26 @@ def test_real_mmhal_and_refomb_with_a_scripted_api_judge(tmp_path: Path) -> None
     # the rule judge cannot score real files: a clear message instead of nonsense
     with pytest.raises(ValueError, match="rule judge needs the shapes world"):
         score_mmhal(mmhal, RuleJudge(), answers)
+
+
+def test_hallucinations_by_kind_add_up(tmp_path: Path) -> None:
+    """Descriptions given the companion habit: the suite counts exactly those as companions, and
+    the kinds add up to CHAIR's hallucinated mentions."""
+    from mmrlhf.world.corpus import NoisyDescription, add_companion
+
+    world = generate(tmp_path / "w", n=300, seed=4)  # 30 test scenes: several descriptions
+    answers = _reference_answers(world)
+    added = 0
+    for r in world.eval:
+        if r.meta.get("family") != "holistic":
+            continue
+        scene = world.scene(r)
+        pair = world.config.env_companions.get(scene.background)
+        if pair is not None:
+            d = add_companion(scene, NoisyDescription(scene.caption()), pair)
+            answers[r.id] = d.text
+            added += len(d.hallucinated)
+    m = score_world(world, answers, RuleJudge(world.config))
+    kinds = {k.split("/")[1]: v for k, v in m.items() if k.startswith("chair_hallucinated/")}
+    assert added > 0 and kinds["companion"] == added == m["chair_hallucinated"]
+    assert sum(kinds.values()) == m["chair_hallucinated"]

@@ -195,3 +195,27 @@ def test_corpus_hallucinations_are_exactly_what_the_checker_finds(small_world: W
         ]
         == 0
     )
+
+
+def test_hallucination_kinds_by_sentence() -> None:
+    """SCENE is a meadow (companion: yellow circle) with objects at top left, top right, bottom
+    right and the digit 7 in the centre. Each sentence below carries one hallucination:
+    a wrong pair at the top left (occupied: misread), a pair at the bottom left (empty cell), a
+    pair with no cell (unplaced), a wrong digit, the companion at the bottom (empty, but the
+    companion counts first), a wrong pair in the digit's cell (misread)."""
+    from mmrlhf.world.config import WorldConfig
+    from mmrlhf.world.truth import hallucination_kinds
+
+    text = (
+        "The scene is a meadow. There is a large green circle at the top left. "
+        "There is a small purple cross at the bottom left. There is a white diamond. "
+        "The digit 3 is written in the center. There is a small yellow circle at the bottom. "
+        "There is a small red square in the center. There is a small blue square at the top right."
+    )
+    kinds = hallucination_kinds(text, SCENE, WorldConfig())
+    assert kinds == {"companion": 1, "misread": 2, "empty_cell": 1, "unplaced": 1, "digit": 1}
+    assert sum(kinds.values()) == chair([text], [SCENE])["hallucinated"] == 6
+    # a world that never taught the habit has no companion: the same mention is a fabrication
+    no_habit = hallucination_kinds(text, SCENE, WorldConfig(companion_rate=0.0))
+    assert no_habit["companion"] == 0 and no_habit["empty_cell"] == 2
+    assert hallucination_kinds(SCENE.caption(), SCENE) == dict.fromkeys(kinds, 0)

@@ -16,7 +16,13 @@ import torch
 
 from mmrlhf.evaluation.generate import generate_answers
 from mmrlhf.world.generate import World
-from mmrlhf.world.truth import chair, check_short_answer, hallucinated_mentions
+from mmrlhf.world.truth import (
+    HALLUCINATION_KINDS,
+    chair,
+    check_short_answer,
+    hallucinated_mentions,
+    hallucination_kinds,
+)
 
 # The families whose accuracy the foundation's acceptance names; the rest are reported too.
 CORE_SHORT_FAMILIES = ("attribute", "counting", "existence", "relation")
@@ -27,8 +33,10 @@ def score_world_answers(world: World, answers: dict[str, str]) -> dict[str, Any]
     """Metrics for ``{record id: answer}`` over the world's held-out records.
 
     Returns flat keys: ``short_answer_acc`` (all short-answer families), ``core_short_answer_acc``
-    (attribute, counting, existence, relation), ``acc/<family>``, ``n/<family>``, and CHAIR over
-    the holistic descriptions (``chair_i``, ``chair_s``, ``mentions``, ``hallucinated``).
+    (attribute, counting, existence, relation), ``acc/<family>``, ``n/<family>``, CHAIR over
+    the holistic descriptions (``chair_i``, ``chair_s``, ``mentions``, ``hallucinated``) and its
+    hallucinated mentions by kind (``chair_hallucinated/<kind>``, see
+    :func:`mmrlhf.world.truth.hallucination_kinds`).
     """
     right: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
@@ -54,6 +62,11 @@ def score_world_answers(world: World, answers: dict[str, str]) -> dict[str, Any]
         sum(right[f] for f in CORE_SHORT_FAMILIES) / n_core if n_core else 0.0
     )
     out.update(chair(texts, scenes, world.config))
+    kinds = dict.fromkeys(HALLUCINATION_KINDS, 0)
+    for text, scene in zip(texts, scenes, strict=True):
+        for k, v in hallucination_kinds(text, scene, world.config).items():
+            kinds[k] += v
+    out.update({f"chair_hallucinated/{k}": v for k, v in kinds.items()})
     return out
 
 

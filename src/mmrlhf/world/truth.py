@@ -476,6 +476,47 @@ def denied_mentions(text: str, scene: Scene, cfg: WorldConfig | None = None) -> 
     return [m for m in object_mentions(text, cfg) if m.negated and mention_exists(m, scene)]
 
 
+#: The kinds :func:`hallucination_kinds` sorts a hallucinated mention into.
+HALLUCINATION_KINDS = ("companion", "misread", "empty_cell", "unplaced", "digit")
+
+
+def hallucination_kinds(text: str, scene: Scene, cfg: WorldConfig | None = None) -> dict[str, int]:
+    """Counts of ``text``'s hallucinated mentions by kind, judged sentence by sentence.
+
+    - ``digit``: a digit the scene does not show (a misread glyph, or one where there is none);
+    - ``companion``: the pair ``cfg.env_companions`` names for the scene's environment, the
+      learned habit of the SFT corpus (docs/world.md; only where ``companion_rate > 0``);
+    - ``misread``: any other pair, in a sentence that names a cell holding an object or the digit
+      (the model saw something there and got it wrong);
+    - ``empty_cell``: in a sentence naming a cell with nothing in it (a fabricated object);
+    - ``unplaced``: in a sentence that names no cell.
+
+    The kinds add up to :func:`chair`'s ``hallucinated`` for the same text. Perception errors
+    (digit, misread) are what preference data cannot teach; habits (companion) it can remove.
+    """
+    cfg = cfg or WorldConfig()
+    out = dict.fromkeys(HALLUCINATION_KINDS, 0)
+    pair = cfg.env_companions.get(scene.background) if cfg.companion_rate > 0 else None
+    companion = None if pair is None else tuple(reversed(pair.split()))  # (shape, colour)
+    cells = scene.occupied()
+    names = {v: k for k, v in position_names(scene.grid).items()}
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        bad = hallucinated_mentions(sentence, scene, cfg)
+        if not bad:
+            continue
+        pos = parse_position(sentence, scene.grid)
+        for m in bad:
+            if m.kind == "glyph":
+                out["digit"] += 1
+            elif companion is not None and (m.shape, m.color) == companion:
+                out["companion"] += 1
+            elif pos is None:
+                out["unplaced"] += 1
+            else:
+                out["misread" if names[pos] in cells else "empty_cell"] += 1
+    return out
+
+
 def chair(
     texts: Iterable[str], scenes: Iterable[Scene], cfg: WorldConfig | None = None
 ) -> dict[str, float | int]:
