@@ -777,6 +777,9 @@ def _print_summary(
     for k in (*DEMO_KEYS, "chair_coverage", "core_short_answer_acc", "refomb_score"):
         if k in sft and k in aligned:
             table.add_row(k, f"{sft[k]:.3f}", f"{aligned[k]:.3f}")
+    # what the hallucinations are: habits alignment can remove vs misreads it cannot
+    for k in sorted(k for k in sft if k.startswith("chair_hallucinated/") and k in aligned):
+        table.add_row(k, str(sft[k]), str(aligned[k]))
     console.print(table)
     if bench:
         console.print(
