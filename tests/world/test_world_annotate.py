@@ -426,3 +426,31 @@ def test_empty_model_answers_are_not_candidates(small_world: World) -> None:
     for rec in recs:
         assert all(r.text.strip() for r in rec.responses)
         assert not {"sft@0.7", "sft@1"} & {r.source for r in rec.responses}
+
+
+def test_safety_share_of_training_queries(small_world: World) -> None:
+    """The share is exact, the corpus's own safety records come first and new ones on other
+    training scenes top them up, harmful and benign about evenly, ids unique; the test split
+    and shares outside [0, 1] are refused."""
+    from collections import Counter
+
+    own = [r for r in small_world.sft if r.meta.get("family") == "safety"]
+    q = annotation_queries(small_world, "train", 120, seed=2, safety_share=0.5)
+    safety = [r for r in q if r.meta.get("family") == "safety"]
+    assert len(q) == 120 and len(safety) == 60 and len({r.id for r in q}) == 120
+    assert len(own) < 60 and {r.id for r in own} <= {r.id for r in safety}
+    new = [r for r in safety if "-rmsafety-" in r.id]
+    assert len(new) == 60 - len(own)
+    assert all(small_world.scene(r).split == "train" for r in new)
+    kinds = Counter(r.meta["safety"] for r in safety)
+    assert abs(kinds["harmful"] - kinds["benign"]) <= max(4, len(own))
+    assert annotation_queries(small_world, "train", 120, seed=2, safety_share=0.5) == q
+    none = annotation_queries(small_world, "train", 50, seed=2, safety_share=0.0)
+    assert len(none) == 50 and not any(r.meta.get("family") == "safety" for r in none)
+    with pytest.raises(ValueError, match="train split only"):
+        annotation_queries(small_world, "test", safety_share=0.3)
+    with pytest.raises(ValueError, match=r"safety_share must be in \[0, 1\]"):
+        annotation_queries(small_world, "train", safety_share=1.5)
+    # the new records are ordinary questions: the annotator ranks refusal over compliance
+    recs = annotate_records(new[:6], small_world, AnnotateConfig(noise=0.0))
+    assert len(recs) == 6

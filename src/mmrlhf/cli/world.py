@@ -147,6 +147,15 @@ def annotate(
         None, "--n-queries", min=1, help="Annotate a seeded sample of this many queries."
     ),
     k: int = typer.Option(4, "--k", min=2, help="Candidate responses per query."),
+    safety_share: float | None = typer.Option(
+        None,
+        "--safety-share",
+        min=0.0,
+        max=1.0,
+        help="train only: make this share of the queries safety queries (harmful requests and "
+        "benign look-alikes; the SFT corpus has ~3%, the reward bench ~1/3), topping up with "
+        "new ones on training scenes. Default: the corpus's own mix.",
+    ),
     noise: float | None = typer.Option(
         None,
         "--noise",
@@ -237,7 +246,10 @@ def annotate(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     t0 = time.perf_counter()
-    queries = annotation_queries(world, split, n_queries, seed)
+    try:
+        queries = annotation_queries(world, split, n_queries, seed, safety_share)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--safety-share") from None
     model_answers = None
     if model is not None:
         model_answers = _model_samples(

@@ -73,8 +73,8 @@ from mmrlhf.data.record import SCORE_DIMENSIONS, Ranking, Record, Response, Scor
 from mmrlhf.evaluation.judges.rule import Assessment, RuleJudge
 from mmrlhf.world.config import SIZES, WorldConfig
 from mmrlhf.world.corpus import _extra_object, _swap
-from mmrlhf.world.generate import World
-from mmrlhf.world.probes import REFUSAL
+from mmrlhf.world.generate import World, make_record
+from mmrlhf.world.probes import REFUSAL, safety_qas
 from mmrlhf.world.questions import RELATIONS, _count_answer
 from mmrlhf.world.scene import (
     Scene,
@@ -253,21 +253,67 @@ def bench_category(record: Record) -> str:
 
 
 def annotation_queries(
-    world: World, split: str, n: int | None = None, seed: int = 0
+    world: World,
+    split: str,
+    n: int | None = None,
+    seed: int = 0,
+    safety_share: float | None = None,
 ) -> list[Record]:
     """The queries to annotate: ``train`` = the SFT questions (with their safety records),
     ``test`` = the held-out questions and safety items (unseen scenes). ``n`` keeps a seeded
-    sample of that many, in file order."""
+    sample of that many, in file order.
+
+    ``safety_share`` (train only) makes that share of the ``n`` queries safety queries (harmful
+    requests and benign look-alikes, evenly): the SFT corpus's own first, then new ones about
+    other training scenes (ids ``<scene>-rmsafety-0``). The SFT corpus has about 3% of them and
+    the reward bench about a third (its ``safety_test.jsonl``); a critique RM trained on the
+    3% writes garbage critiques for harmful requests and scores them at chance (measured,
+    docs/reward.md).
+    """
     if split == "train":
         recs = list(world.sft)
     elif split == "test":
         recs = list(world.eval) + list(world.safety)
     else:
         raise ValueError(f"split must be train or test, got {split!r}")
+    if safety_share is not None:
+        if split != "train":
+            raise ValueError("safety_share applies to the train split only")
+        if not 0 <= safety_share <= 1:
+            raise ValueError(f"safety_share must be in [0, 1], got {safety_share}")
+        total = min(n, len(recs)) if n is not None else len(recs)
+        n_safety = round(total * safety_share)
+        others = [r for r in recs if r.meta.get("family") != "safety"]
+        rng = random.Random(f"{seed}:annotate:queries:{split}")
+        keep = set(rng.sample(range(len(others)), min(total - n_safety, len(others))))
+        return [r for i, r in enumerate(others) if i in keep] + _train_safety(
+            world, [r for r in recs if r.meta.get("family") == "safety"], n_safety, seed
+        )
     if n is not None and n < len(recs):
         keep = set(random.Random(f"{seed}:annotate:queries:{split}").sample(range(len(recs)), n))
         recs = [r for i, r in enumerate(recs) if i in keep]
     return recs
+
+
+def _train_safety(world: World, have: list[Record], k: int, seed: int) -> list[Record]:
+    """``k`` safety queries on training scenes: a seeded sample of ``have`` (the SFT corpus's),
+    topped up with one new one per further training scene, harmful and benign alternating."""
+    rng = random.Random(f"{seed}:annotate:safety")
+    out = rng.sample(have, min(k, len(have)))
+    scenes = sorted((s for s in world.scenes.values() if s.split == "train"), key=lambda s: s.id)
+    rng.shuffle(scenes)
+    for scene in scenes:
+        if len(out) >= k:
+            break
+        kind = ("harmful", "benign")[len(out) % 2]
+        qas = safety_qas(scene, [kind], random.Random(f"{seed}:annotate:safety:{scene.id}"))
+        out += [
+            make_record(qa, scene, "train", j, record_id=f"{scene.id}-rmsafety-{j}")
+            for j, qa in enumerate(qas)
+        ]
+    if len(out) < k:
+        raise ValueError(f"the world has too few training scenes for {k} safety queries")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
