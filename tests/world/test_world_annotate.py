@@ -454,3 +454,33 @@ def test_safety_share_of_training_queries(small_world: World) -> None:
     # the new records are ordinary questions: the annotator ranks refusal over compliance
     recs = annotate_records(new[:6], small_world, AnnotateConfig(noise=0.0))
     assert len(recs) == 6
+
+
+def test_critiques_without_the_question_keep_every_label(small_world: World) -> None:
+    """critique_quotes_question=False changes the critiques' openers only: no critique restates
+    its question, and scores, reasons and rankings are the same as with it."""
+    qs = _queries(small_world)[:80]
+    quoted = annotate_records(qs, small_world, AnnotateConfig(noise=0.0))
+    plain = annotate_records(
+        qs, small_world, AnnotateConfig(noise=0.0, critique_quotes_question=False)
+    )
+    assert len(quoted) == len(plain)
+    n_quoted = 0
+    for a, b in zip(quoted, plain, strict=True):
+        assert a.ranking == b.ranking
+        for ra, rb in zip(a.responses, b.responses, strict=True):
+            assert ra.text == rb.text
+            assert (ra.helpfulness, ra.faithfulness, ra.ethics) == (
+                rb.helpfulness,
+                rb.faithfulness,
+                rb.ethics,
+            )
+            n_quoted += f'"{a.query}"' in ra.critique
+            assert f'"{b.query}"' not in rb.critique
+            assert ra.critique.split(". ")[-1] == rb.critique.split(". ")[-1]  # same verdict
+    assert n_quoted > 100
+    assert any(
+        r.critique.startswith("The response answers the question correctly")
+        for p in plain
+        for r in p.responses
+    )

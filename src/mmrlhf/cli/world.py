@@ -181,6 +181,12 @@ def annotate(
         help="reason_first (MM-RLHF: reasons, then the verdict) or verdict_first (the verdict "
         "sentence first; better for a critique RM that generates its critique).",
     ),
+    quote_question: bool = typer.Option(
+        True,
+        "--quote-question/--no-quote-question",
+        help="Restate the question in each critique (MM-RLHF's style) or open with the "
+        "judgement (easier for a small critique RM to write).",
+    ),
     weight: list[str] = typer.Option(
         [],
         "--weight",
@@ -241,6 +247,7 @@ def annotate(
             seed=seed,
             include_truth=not no_truth,
             critique_order=critique_order,
+            critique_quotes_question=quote_question,
         )
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
     except ValueError as e:

@@ -184,6 +184,11 @@ class AnnotateConfig:
     #: front). A critique RM that writes its critique before scoring decides better when the
     #: verdict comes first: generated-critique bench Acc 0.658 vs 0.624 (docs/reward.md).
     critique_order: str = "reason_first"
+    #: Restate the question in the critique (``The question asks "..."``, MM-RLHF's style). A
+    #: tiny critique RM cannot copy a question token for token and its generated critique
+    #: derails where the copy fails (docs/reward.md); ``False`` opens with the judgement
+    #: instead ("The response answers the question correctly: ...").
+    critique_quotes_question: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -710,11 +715,16 @@ def judge_response(
     scene: Scene,
     judge: RuleJudge,
     truth: str | None = None,
+    quote: bool = True,
 ) -> Judgement:
-    """Score one answer as the noise-free annotator (module docstring for the rules)."""
+    """Score one answer as the noise-free annotator (module docstring for the rules).
+    ``quote=False`` writes the critique without restating the question."""
     cfg = judge.cfg
     truth = truth_text(record, scene) if truth is None else truth
     q = record.query
+    # the critique's openers, with or without the question quoted
+    req = f'The request "{q}"' if quote else "The request"
+    qst = f'The question "{q}"' if quote else "The question"
     a = judge.assess(q, text, scene, record, reference=truth, item_id=record.id)
     pad = padding(text, a.kind)
     padded = pad >= 2
@@ -727,20 +737,18 @@ def judge_response(
             eth, help_, tag = 5, 5, "refuses"
             reasons["ethics"] = "Declines the harmful request."
             reasons["helpfulness"] = "Declines clearly, as it should."
-            crit.append(
-                f'The request "{q}" asks for help with {cat}; the response rightly declines.'
-            )
+            crit.append(f"{req} asks for help with {cat}; the response rightly declines.")
         elif not text.strip():
             eth, help_, tag = 3, 1, "empty"
             reasons["ethics"] = "Says nothing, neither helping nor declining."
             reasons["helpfulness"] = "Gives no answer."
-            crit.append(f'The request "{q}" asks for help with {cat}; the response is empty.')
+            crit.append(f"{req} asks for help with {cat}; the response is empty.")
         else:
             eth, help_, tag = 1, 1, "complies with a harmful request"
             reasons["ethics"] = f"Complies with a harmful request ({cat})."
             reasons["helpfulness"] = "Helps with something it should decline."
             crit.append(
-                f'The request "{q}" asks for help with {cat}, and the response complies with '
+                f"{req} asks for help with {cat}, and the response complies with "
                 "concrete instructions instead of declining."
             )
         faith = 5 if not bad else max(1, 4 - (len(bad) - 1))
@@ -813,14 +821,13 @@ def judge_response(
                 "; leaves out " + _join([_a(m) for m in missing]) + "." if missing else "."
             )
         if a.refused and rec_ == 0:
-            crit.append(
-                f'The request "{q}" is harmless, but the response refuses to describe the image.'
-            )
+            crit.append(f"{req} is harmless, but the response refuses to describe the image.")
         else:
             n_total = len(scene.objects) + (scene.glyph is not None)
             n_cov = n_total - len(missing)
             crit.append(
-                f'Asked "{q}", the response describes {n_cov} of the {n_total} things in the image'
+                (f'Asked "{q}", the response' if quote else "The response")
+                + f" describes {n_cov} of the {n_total} things in the image"
                 + (f" and leaves out {_join([_a(m) for m in missing])}." if missing else ".")
             )
     else:
@@ -828,14 +835,20 @@ def judge_response(
             help_ = 5
             reasons["helpfulness"] = "Answers the question directly."
             crit.append(
-                f'The question asks "{q}", and the response answers it correctly: {_lc(truth)}'
+                (
+                    f'The question asks "{q}", and the response answers it correctly: '
+                    if quote
+                    else "The response answers the question correctly: "
+                )
+                + _lc(truth)
             )
         elif wrong:
             help_ = 2
             reasons["helpfulness"] = "Addresses the question but gives a wrong answer."
             stated = _stated(record, text, cfg)
             crit.append(
-                f'The question asks "{q}"; the response answers {stated}, which is wrong: {_lc(truth)}'
+                (f'The question asks "{q}"; the response' if quote else "The response")
+                + f" answers {stated}, which is wrong: {_lc(truth)}"
             )
         else:
             help_ = 1 if a.refused else 2
@@ -843,9 +856,13 @@ def judge_response(
                 "Refuses a harmless question." if a.refused else "Does not answer the question."
             )
             crit.append(
-                f'The question "{q}" is harmless, but the response refuses to answer it.'
+                f"{qst} is harmless, but the response refuses to answer it."
                 if a.refused
-                else f'The question asks "{q}", but the response does not answer it.'
+                else (
+                    f'The question asks "{q}", but the response does not answer it.'
+                    if quote
+                    else "The response does not answer the question."
+                )
             )
             crit.append(f"The answer is: {truth}")
     if a.hallucinated:
@@ -991,14 +1008,15 @@ def annotate_record(
                 pool.append(("model_corrected", fixed))
     seen: set[str] = set()
     items: list[tuple[str, str, Judgement, float]] = []
-    truth_j = judge_response(record, truth, scene, judge, truth)
+    quote = cfg.critique_quotes_question
+    truth_j = judge_response(record, truth, scene, judge, truth, quote)
     for i, (src, text) in enumerate(pool):
         key = _norm_text(text)
         # an empty model answer cannot be a response (validation rejects empty texts); callers
         # report how many there were (count_empty_answers)
         if key in seen or not text.strip():
             continue
-        j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth)
+        j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth, quote)
         handed_in = i >= n_generated
         if not handed_in and not _valid(src, j, truth_j):
             continue
