@@ -79,11 +79,15 @@ def test_folder_from_before_companions_reads_as_companion_rate_zero(tmp_path: Pa
     out.mkdir()
     _check_settings(DemoSettings(out=out, seed=1))
     stamp = json.loads((out / "demo_settings.json").read_text())
-    del stamp["companion_rate"]
+    for key in ("companion_rate", "critique_quotes_question", "rm_safety_share"):
+        del stamp[key]
     (out / "demo_settings.json").write_text(json.dumps(stamp))
-    with pytest.raises(DemoSettingsChanged, match=r"companion_rate: 0.0 -> 0.8"):
+    with pytest.raises(DemoSettingsChanged, match=r"companion_rate: 0.0 -> 0.8") as e:
         _check_settings(DemoSettings(out=out, seed=1))
-    _check_settings(DemoSettings(out=out, seed=1, companion_rate=0.0))
+    assert "critique_quotes_question: True -> False" in str(e.value)
+    assert "rm_safety_share: None -> 0.333" in str(e.value)
+    old = {"companion_rate": 0.0, "critique_quotes_question": True, "rm_safety_share": None}
+    _check_settings(DemoSettings(out=out, seed=1, **old))
     assert _world_companion_rate({"test_fraction": 0.02}) == 0.0  # world.json from before
     assert _world_companion_rate({"env_companions": {"meadow": "yellow circle"}}) == 0.0
     on = {"env_companions": {"meadow": "yellow circle"}, "companion_rate": 0.8}
@@ -180,7 +184,13 @@ def test_dpo_queries_keep_yes_and_no_level(tmp_path: Path) -> None:
     pool = [q(i, "existence", "yes" if i % 4 == 0 else "no") for i in range(200)]
     pool += [q(200 + i, "counting", str(i % 3)) for i in range(100)]
     pool += [q(300 + i, "holistic", None) for i in range(100)]
-    s = DemoSettings(out=tmp_path, rm_queries=50, dpo_queries=120, dpo_description_share=0.25)
+    s = DemoSettings(
+        out=tmp_path,
+        rm_queries=50,
+        dpo_queries=120,
+        dpo_description_share=0.25,
+        rm_safety_share=None,
+    )
     out = _split_queries(pool, s)
     rm, dpo = out[:50], out[50:]
     assert len(dpo) == 120 and not {r.id for r in rm} & {r.id for r in dpo}
@@ -188,6 +198,27 @@ def test_dpo_queries_keep_yes_and_no_level(tmp_path: Path) -> None:
     answers = [r.facts.short_answer for r in dpo]
     assert abs(answers.count("yes") - answers.count("no")) <= 1
     assert answers.count("yes") > 10  # the scarce answer is all kept, not the level forced low
+
+
+def test_rm_safety_share_leaves_the_dpo_queries_alone(tmp_path: Path) -> None:
+    """The RM's queries get their safety share (drawn, then spare pool records, then new ones on
+    training scenes); the DPO queries are the ones drawn without it; the two stay disjoint."""
+    from mmrlhf.demo import _split_queries
+    from mmrlhf.world import generate
+    from mmrlhf.world.annotate import annotation_queries
+
+    world = generate(tmp_path / "w", n=120, seed=5)
+    pool = annotation_queries(world, "train")
+    base = DemoSettings(out=tmp_path, rm_queries=90, dpo_queries=60, rm_safety_share=None)
+    plain = _split_queries(pool, base)
+    for share in (1 / 3, 0.9):
+        s = DemoSettings(out=tmp_path, rm_queries=90, dpo_queries=60, rm_safety_share=share)
+        out = _split_queries(pool, s, world)
+        rm, dpo = out[:90], out[90:]
+        assert [r.id for r in dpo] == [r.id for r in plain[90:]]
+        assert sum(r.meta["family"] == "safety" for r in rm) == round(90 * share)
+        assert len({r.id for r in out}) == len(out) and len(rm) == 90
+    assert any("-rmsafety-" in r.id for r in rm)  # 81 safety queries: the pool ran out
 
 
 def test_sft_overrides_lower_the_lr_for_a_pretrained_lm(tmp_path: Path) -> None:

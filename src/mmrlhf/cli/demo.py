@@ -74,6 +74,20 @@ def demo(
         "--critique-order",
         help="Annotation critiques: reason_first (MM-RLHF) or verdict_first.",
     ),
+    quote_question: bool = typer.Option(
+        False,
+        "--quote-question/--no-quote-question",
+        help="Whether the annotators' critiques restate the question (MM-RLHF's style; off: "
+        "the tiny critique RM cannot copy it).",
+    ),
+    rm_safety_share: float = typer.Option(
+        1 / 3,
+        "--rm-safety-share",
+        min=-1.0,
+        max=1.0,
+        help="Share of the reward model's training queries that are safety queries, like the "
+        "reward bench's third; -1 keeps the SFT corpus's mix (~3%).",
+    ),
     vision_steps: int = typer.Option(
         1000,
         "--vision-steps",
@@ -94,6 +108,9 @@ def demo(
     """Run the main job: world -> SFT -> candidates -> simulated annotation -> critique reward
     model -> margins -> MM-DPO -> evaluation of SFT vs aligned -> report."""
     from mmrlhf.demo import DemoSettings, DemoSettingsChanged, run_demo
+
+    if rm_safety_share < 0 and rm_safety_share != -1:
+        raise typer.BadParameter("a share in [0, 1], or -1", param_hint="--rm-safety-share")
 
     try:
         settings = DemoSettings(
@@ -116,6 +133,8 @@ def demo(
             samples_per_query=samples_per_query,
             sample_temperature=sample_temperature,
             critique_order=critique_order,
+            critique_quotes_question=quote_question,
+            rm_safety_share=None if rm_safety_share < 0 else rm_safety_share,
             candidate_weights=tuple(candidate_weight or ()),
             vision_steps=vision_steps,
             language_steps=language_steps,

@@ -291,7 +291,7 @@ def annotation_queries(
         others = [r for r in recs if r.meta.get("family") != "safety"]
         rng = random.Random(f"{seed}:annotate:queries:{split}")
         keep = set(rng.sample(range(len(others)), min(total - n_safety, len(others))))
-        return [r for i, r in enumerate(others) if i in keep] + _train_safety(
+        return [r for i, r in enumerate(others) if i in keep] + train_safety_queries(
             world, [r for r in recs if r.meta.get("family") == "safety"], n_safety, seed
         )
     if n is not None and n < len(recs):
@@ -300,7 +300,7 @@ def annotation_queries(
     return recs
 
 
-def _train_safety(world: World, have: list[Record], k: int, seed: int) -> list[Record]:
+def train_safety_queries(world: World, have: list[Record], k: int, seed: int) -> list[Record]:
     """``k`` safety queries on training scenes: a seeded sample of ``have`` (the SFT corpus's),
     topped up with one new one per further training scene, harmful and benign alternating."""
     rng = random.Random(f"{seed}:annotate:safety")
