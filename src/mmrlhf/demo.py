@@ -100,7 +100,7 @@ class DemoSettings:
     #: skips sampling. RLAIF-V's recipe: the SFT model's own answers, ranked by the feedback,
     #: so the pairs show the policy its own hallucinations. Measured (docs/results.md, "A
     #: learned hallucination habit"): with the learned companion habit, 3 samples at weight 4
-    #: take the three-seed CHAIR_i from 0.66x to 0.62x of SFT's, MMHal 3.330 -> 3.396, short
+    #: take the three-seed CHAIR_i from 0.66x to 0.63x of SFT's, MMHal 3.330 -> 3.396, short
     #: answers 0.643 -> 0.657, for ~15 s of sampling. (Before the habit existed, when every
     #: hallucination was a misread, they were neutral to harmful: "On-policy samples".)
     sample_weight: float = 4.0
@@ -351,7 +351,8 @@ def sft_overrides(s: DemoSettings, model_dir: Path, world_dir: Path, sft_dir: Pa
 
 
 #: Settings added after some folders were made, with the value those folders ran with (the
-#: current default would claim otherwise): before ``companion_rate`` worlds had no companions.
+#: current default would claim otherwise): worlds without companions, RM data in the corpus's
+#: mix with critiques that restate the question.
 _BEFORE_THE_SETTING: dict[str, Any] = {
     "companion_rate": 0.0,
     "critique_quotes_question": True,
