@@ -131,6 +131,10 @@ class DemoSettings:
     #: ``overrides`` set ``train.lr``. Off by default: measured in docs/results.md ("A
     #: pretrained language model").
     language_steps: int = 0
+    #: The tiny model's chat template puts the question before the image
+    #: (``TinyVLMConfig.question_first``): image tokens then see the question under causal
+    #: attention and can mark themselves as the asked-about object.
+    question_first: bool = False
     rm_config: Path | None = None
     #: Reward-model steps in the demo (the standalone config trains longer, 5 minutes).
     rm_steps: int = 150
@@ -492,7 +496,11 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
             return
         scratch = out / ".tiny-llava.tmp"
         shutil.rmtree(scratch, ignore_errors=True)
-        build_tiny_vlm(scratch, tokenizer_corpus(world=world_dir), TinyVLMConfig(seed=s.seed))
+        build_tiny_vlm(
+            scratch,
+            tokenizer_corpus(world=world_dir),
+            TinyVLMConfig(seed=s.seed, question_first=s.question_first),
+        )
         if s.vision_steps > 0:
             report = pretrain_vision_tower(
                 scratch, world.config, VisionPretrainConfig(steps=s.vision_steps, seed=s.seed)

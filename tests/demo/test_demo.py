@@ -39,8 +39,13 @@ def test_demo_runs_and_caches(tmp_path: Path) -> None:
         samples_per_query=2,
         candidate_weights=("false_denial=0", "wrong_color=2"),
         vision_steps=3,
+        # the whole pipeline (SFT, critique RM, shared-prefix DPO, evaluation) with the
+        # question before the image; image-first is what every other tiny-model test runs
+        question_first=True,
     )
     first = run_demo(settings)
+    template = (tmp_path / "demo/tiny-llava/chat_template.jinja").read_text()
+    assert template.index("c['type'] == 'text'") < template.index("<image>")
     # the tower was pretrained inside the scratch folder, which was renamed when done
     assert (tmp_path / "demo/tiny-llava/vision_pretrain.json").exists()
     assert not (tmp_path / "demo/.tiny-llava.tmp").exists()

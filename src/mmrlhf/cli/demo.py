@@ -101,6 +101,12 @@ def demo(
         "aligning its projector (the stand-in for a pretrained LLM; ~14 steps/s); SFT then "
         "uses lr 5e-4. 0 keeps the LM random.",
     ),
+    question_first: bool = typer.Option(
+        False,
+        "--question-first/--image-first",
+        help="The tiny model's chat template puts the question before the image, so image "
+        "tokens can see it under causal attention (LLaVA's order is image first).",
+    ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
     ),
@@ -138,6 +144,7 @@ def demo(
             candidate_weights=tuple(candidate_weight or ()),
             vision_steps=vision_steps,
             language_steps=language_steps,
+            question_first=question_first,
         )
     except ValueError as e:  # the settings DemoSettings checks
         msg = str(e)
