@@ -135,6 +135,9 @@ class DemoSettings:
     #: (``TinyVLMConfig.question_first``): image tokens then see the question under causal
     #: attention and can mark themselves as the asked-about object.
     question_first: bool = False
+    #: With ``language_steps``: the relation curriculum's steps before them
+    #: (``LanguagePretrainConfig.relation_steps``; use with ``question_first``).
+    relation_steps: int = 0
     rm_config: Path | None = None
     #: Reward-model steps in the demo (the standalone config trains longer, 5 minutes).
     rm_steps: int = 150
@@ -161,6 +164,11 @@ class DemoSettings:
             raise ValueError(f"vision_steps must be >= 0, got {self.vision_steps}")
         if self.language_steps < 0:
             raise ValueError(f"language_steps must be >= 0, got {self.language_steps}")
+        if self.relation_steps < 0 or (self.relation_steps > 0 and self.language_steps == 0):
+            raise ValueError(
+                f"relation_steps must be >= 0 and needs language_steps > 0, got "
+                f"{self.relation_steps} with language_steps {self.language_steps}"
+            )
         if self.language_steps > 0 and self.vision_steps == 0:
             raise ValueError(
                 "language_steps needs the vision tower pretrained (vision_steps > 0): the "
@@ -514,7 +522,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
             report = pretrain_language_model(
                 scratch,
                 world.config,
-                LanguagePretrainConfig(steps=s.language_steps, seed=s.seed),
+                LanguagePretrainConfig(
+                    steps=s.language_steps, relation_steps=s.relation_steps, seed=s.seed
+                ),
             )
             console.print(
                 f"language model: loss {report['lm_first_loss']} -> {report['lm_final_loss']} "
@@ -528,7 +538,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "model",
         "2/12 model: tiny LLaVA (CLIP + Llama) with a world tokenizer"
         + (f", tower pretrained {s.vision_steps} steps" if s.vision_steps > 0 else "")
-        + (f", LM pretrained {s.language_steps} steps" if s.language_steps > 0 else ""),
+        + (f", LM pretrained {s.language_steps} steps" if s.language_steps > 0 else "")
+        + (f" after {2 * s.relation_steps} relation steps" if s.relation_steps > 0 else ""),
         cached,
         build_model,
     )

@@ -140,6 +140,11 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
         ["demo", "--out", str(tmp_path / "v"), "--vision-steps", "0", "--language-steps", "5"],
     )
     assert res.exit_code == 2 and "language_steps needs the vision tower" in res.output
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "v"), "--relation-steps", "5"])
+    said = " ".join(res.output.replace("│", " ").split())  # the error box wraps lines
+    assert res.exit_code == 2 and "needs language_steps > 0" in said
+    assert "--relation-steps" in said
+    assert not (tmp_path / "v").exists()
     res = CliRunner().invoke(
         app, ["demo", "--out", str(tmp_path / "v"), "--samples-per-query", "0"]
     )

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from mmrlhf.models.load import load_processor
 from mmrlhf.world import WorldConfig
 from mmrlhf.world.language import (
+    RELATION_PHASES,
     REPORT_FILE,
     LanguagePretrainConfig,
     SlotEmbedder,
@@ -109,6 +110,38 @@ def test_pretraining_trains_the_lm_then_the_projector(
     assert not (model / ".language-pretrain.tmp").exists()
 
 
+def test_relation_curriculum_runs_its_phases_before_the_main_one(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    small = dict(batch_size=4, warmup_steps=1, align_steps=0, align_scenes=8)
+    runs = {}
+    for relation_steps in (0, 3):
+        model = tmp_path / f"tiny{relation_steps}"
+        shutil.copytree(tiny_models["llava"], model)
+        report = pretrain_language_model(
+            model,
+            WorldConfig(),
+            LanguagePretrainConfig(steps=2, relation_steps=relation_steps, **small),
+            progress=False,
+        )
+        runs[relation_steps] = (report, load_file(model / "model.safetensors"))
+    plain, curriculum = runs[0][0], runs[3][0]
+    assert [p["name"] for p in plain["lm_phases"]] == ["train"]
+    assert [(p["name"], p["steps"]) for p in curriculum["lm_phases"]] == [
+        ("relation-lookup", 3),
+        ("relation", 3),
+        ("train", 2),
+    ]
+    assert curriculum["lm_first_loss"] == curriculum["lm_phases"][0]["first_loss"]
+    assert curriculum["lm_final_loss"] == curriculum["lm_phases"][-1]["final_loss"]
+    # the curriculum's steps changed the LM that the main phase then started from
+    w0, w3 = runs[0][1], runs[3][1]
+    emb = next(k for k in w0 if "embed_tokens" in k and "vision" not in k)
+    assert not torch.equal(w0[emb], w3[emb])
+    assert set(RELATION_PHASES[0]) == {"relation", "other"}
+    assert set(RELATION_PHASES[1]) == {"relation"}
+
+
 def test_pretraining_needs_one_token_per_cell(tiny_models: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="needs the llava tiny model"):
         pretrain_language_model(tiny_models["qwen2_vl"], WorldConfig(), progress=False)
@@ -119,5 +152,7 @@ def test_bad_settings_are_named() -> None:
         LanguagePretrainConfig(align_scenes=0)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         LanguagePretrainConfig(steps=-1)
+    with pytest.raises(ValueError, match="relation_steps must be >= 0"):
+        LanguagePretrainConfig(relation_steps=-1)
     with pytest.raises(ValueError, match="unknown question families"):
         LanguagePretrainConfig(families={"attribute": 1.0, "colour": 1.0})

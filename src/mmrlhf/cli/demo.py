@@ -101,6 +101,13 @@ def demo(
         "aligning its projector (the stand-in for a pretrained LLM; ~14 steps/s); SFT then "
         "uses lr 5e-4. 0 keeps the LM random.",
     ),
+    relation_steps: int = typer.Option(
+        0,
+        "--relation-steps",
+        help="With --language-steps: the relation curriculum before them (this many steps on "
+        "relation and 'Where is the ...?' questions, then as many on relation alone); use "
+        "with --question-first.",
+    ),
     question_first: bool = typer.Option(
         False,
         "--question-first/--image-first",
@@ -145,11 +152,13 @@ def demo(
             vision_steps=vision_steps,
             language_steps=language_steps,
             question_first=question_first,
+            relation_steps=relation_steps,
         )
     except ValueError as e:  # the settings DemoSettings checks
         msg = str(e)
         hints = {
             "vision_steps": "--vision-steps",
+            "relation_steps": "--relation-steps",
             "language_steps": "--language-steps",
             "samples_per_query": "--samples-per-query",
             "sample_temperature": "--sample-temperature",

@@ -45,6 +45,12 @@ def build_tiny(
         "model on symbolic scenes, then aligning the projector (the stand-in for a pretrained "
         "LLM; 12-19 steps/s, 12000 measured best); 0 keeps the LM random.",
     ),
+    relation_steps: int = typer.Option(
+        0,
+        help="With --language-steps: before them, this many steps on relation and 'Where is "
+        "the ...?' questions, then as many on relation alone (the relation curriculum; use "
+        "with --question-first; 3000 measured).",
+    ),
     heads: int = typer.Option(4, help="Attention heads (both towers)."),
 ) -> None:
     """Build a tiny randomly initialised VLM of a real transformers architecture."""
@@ -99,7 +105,11 @@ def build_tiny(
     if language_steps > 0:
         try:
             report = pretrain_language_model(
-                path, world_config, LanguagePretrainConfig(steps=language_steps, seed=seed)
+                path,
+                world_config,
+                LanguagePretrainConfig(
+                    steps=language_steps, relation_steps=relation_steps, seed=seed
+                ),
             )
         except ValueError as e:
             typer.echo(f"error: {e} (or pass --language-steps 0)", err=True)
