@@ -40,8 +40,9 @@ described object's cell is learned slowly, not missing - core short answers with
 SFT model answers core short questions 0.816 (all short 0.846, POPE F1 0.96, MMHal 4.39,
 CHAIR_i 0.021; the random LM: 0.633 / 0.624 / 0.05 / 3.19 / 0.178), but relation questions
 stay near chance. With the question-first template and the relation curriculum (6000 mix steps
-after 2 x 3000 relation ones) the SFT model answers 0.86-0.91 of them (relation 0.80-0.90;
-docs/results.md, "Relation questions"). Off by default in the demo (``--language-steps``): it
+after 2 x 3000 relation ones) the SFT model answers 0.86-0.91 of them (relation 0.80-0.90) when
+relation is learned, which happened in 2 of 3 runs (docs/results.md, "Relation
+questions"). Off by default in the demo (``--language-steps``): it
 costs more than the demo's 15 minutes at the step count that pays.
 """
 
@@ -101,7 +102,8 @@ class LanguagePretrainConfig:
     # "Relation questions and the question before the image"): in the SFT mix relation stays
     # at chance (0.27-0.36 after 12000 steps, even weighted 3x), while 3000 steps of relation
     # and "where" questions, then 3000 of relation alone, then 6000 of the mix give relation
-    # 0.97 with the other families learned. Needs the question-first template: image first,
+    # 0.97 with the other families learned - in 2 of 3 runs: relation is learned suddenly or
+    # not at all within the phase. Needs the question-first template: image first,
     # the lookups themselves are hardly learned ("where" 0.67 against 0.96).
     relation_steps: int = field(
         default=0,
