@@ -25,7 +25,7 @@ two stages that mirror how LLaVA is built:
 With ``relation_steps`` stage 1 starts with a curriculum for relation questions (two lookups
 and a comparison, which no mix teaches): relation and "Where is the ...?" questions, then
 relation questions alone, then the mix; with the question-first template only (docs/results.md,
-"Relation questions and the question before the image").
+"Relation questions").
 
 Only the ``llava`` tiny model with one image token per grid cell qualifies (as for the tower),
 and it expects the tower pretrained first (``mmrlhf.world.vision``). Every image-token slot is
@@ -41,9 +41,9 @@ SFT model answers core short questions 0.816 (all short 0.846, POPE F1 0.96, MMH
 CHAIR_i 0.021; the random LM: 0.633 / 0.624 / 0.05 / 3.19 / 0.178), but relation questions
 stay near chance. With the question-first template and the relation curriculum (6000 mix steps
 after 2 x 3000 relation ones) the SFT model answers 0.86-0.91 of them (relation 0.80-0.90) when
-relation is learned, which happened in 2 of 3 runs (docs/results.md, "Relation
-questions"). Off by default in the demo (``--language-steps``): it
-costs more than the demo's 15 minutes at the step count that pays.
+relation is learned, which happened in 2 of 3 runs (docs/results.md, "Relation questions").
+Off by default in the demo (``--language-steps``): it costs more than the demo's 15 minutes at
+the step count that pays.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class LanguagePretrainConfig:
     )
     # A curriculum for the one family no mix teaches. A relation question needs two lookups
     # and a comparison, with no partial credit; measured with perfect slots (docs/results.md,
-    # "Relation questions and the question before the image"): in the SFT mix relation stays
+    # "Relation questions"): in the SFT mix relation stays
     # at chance (0.27-0.36 after 12000 steps, even weighted 3x), while 3000 steps of relation
     # and "where" questions, then 3000 of relation alone, then 6000 of the mix give relation
     # 0.97 with the other families learned - in 2 of 3 runs: relation is learned suddenly or
