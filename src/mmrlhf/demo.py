@@ -251,6 +251,11 @@ def _split_queries(pool: list[Any], s: DemoSettings, world: Any = None) -> list[
         if len(have) < n_safety:
             from mmrlhf.world.annotate import train_safety_queries
 
+            if world is None:
+                raise ValueError(
+                    f"rm_safety_share {s.rm_safety_share}: the pool has {len(have)} safety "
+                    f"queries for {n_safety}; new ones need the world (pass it)"
+                )
             rm += train_safety_queries(world, [], n_safety - len(have), s.seed)
     return rm + desc + other
 

@@ -307,6 +307,7 @@ def _pretrain(
         if steps == 0:
             continue
         rng = random.Random(f"{cfg.seed}:language-pretrain:{name}")
+        weights = dict(families)  # one copy per phase, not one per scene
         opt = torch.optim.AdamW(lm_params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
         loss_value = first_loss = float("nan")
         bar = tqdm(range(steps), desc=f"language pretrain ({name})", disable=not progress)
@@ -320,7 +321,7 @@ def _pretrain(
             items: list[tuple[Scene, list[int], list[int]]] = []
             while len(items) < cfg.batch_size:
                 scene = sample_scene(rng, world, f"lm{step}-{len(items)}", "train")
-                for k, qa in enumerate(ask(scene, world, rng, 2, dict(families))):
+                for k, qa in enumerate(ask(scene, world, rng, 2, weights)):
                     items.append((scene, *encode(scene, qa, k)))
             items = items[: cfg.batch_size]
             width = max(len(p) + len(c) for _, p, c in items)
