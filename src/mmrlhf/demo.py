@@ -138,6 +138,9 @@ class DemoSettings:
     #: With ``language_steps``: the relation curriculum's steps before them
     #: (``LanguagePretrainConfig.relation_steps``; use with ``question_first``).
     relation_steps: int = 0
+    #: The world's relation answers place both objects before comparing them
+    #: (``WorldConfig.relation_rationale``).
+    relation_rationale: bool = False
     rm_config: Path | None = None
     #: Reward-model steps in the demo (the standalone config trains longer, 5 minutes).
     rm_steps: int = 150
@@ -491,7 +494,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                 n=s.n_scenes,
                 seed=s.seed,
                 config=WorldConfig(
-                    test_fraction=_test_fraction(s), companion_rate=s.companion_rate
+                    test_fraction=_test_fraction(s),
+                    companion_rate=s.companion_rate,
+                    relation_rationale=s.relation_rationale,
                 ),
             )
         ),
@@ -544,7 +549,11 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "2/12 model: tiny LLaVA (CLIP + Llama) with a world tokenizer"
         + (f", tower pretrained {s.vision_steps} steps" if s.vision_steps > 0 else "")
         + (f", LM pretrained {s.language_steps} steps" if s.language_steps > 0 else "")
-        + (f" after {2 * s.relation_steps} relation steps" if s.relation_steps > 0 else ""),
+        + (
+            f" after {s.relation_steps * (1 if s.relation_rationale else 2)} relation steps"
+            if s.relation_steps > 0
+            else ""
+        ),
         cached,
         build_model,
     )

@@ -291,3 +291,41 @@ def test_save_load_round_trip(tiny_models, records, pref_data, tmp_path, arch):
         RewardModel.from_pretrained(tiny_models[arch], device="cpu")
     with pytest.raises(ValueError, match="type=scalar"):
         RewardModel.from_pretrained(tmp_path / "rm", spec=RewardSpec(type="critique"), device="cpu")
+
+
+@pytest.mark.parametrize("rm_type", ["scalar", "critique"])
+def test_response_first_layout(tiny_models, records, pref_data, tmp_path, rm_type):
+    """response_first: the response sits in the question turn; scalar reads the reward at an
+    empty assistant turn's end-of-turn token, critique labels the critique only; the setting
+    survives save/load."""
+    rm = _rm(tiny_models["llava"], rm_type, response_first=True)
+    tok = rm.processor.tokenizer
+    rec = records[0]
+    response, critique = "The circle is blue.", "The response is wrong: the circle is red."
+    (ex,) = encode_for_reward(
+        rec,
+        [response],
+        rm.processor,
+        rm.spec,
+        critiques=[critique] if rm_type == "critique" else None,
+        media_root=pref_data.parent,
+    )
+    prompt = tok.decode(ex.input_ids[: ex.prompt_length])
+    user_turn = prompt.split("ASSISTANT:")[0]
+    assert f"{rm.spec.templates.response_label} {response}" in user_turn
+    assert prompt.count("ASSISTANT:") == 1  # no assistant turn holds the response
+    assert (rm.spec.templates.critique_request in user_turn) == (rm_type == "critique")
+    labelled = tok.decode(ex.labels[ex.labels != IGNORE_INDEX]).strip()
+    assert labelled == (critique + "</s>" if rm_type == "critique" else "</s>")
+    # a different response changes the prompt, not the labelled part (scalar)
+    (other,) = encode_for_reward(
+        rec,
+        ["The circle is red."],
+        rm.processor,
+        rm.spec,
+        critiques=[critique] if rm_type == "critique" else None,
+        media_root=pref_data.parent,
+    )
+    assert not torch.equal(other.input_ids[: other.prompt_length], ex.input_ids[: ex.prompt_length])
+    rm.save_pretrained(tmp_path / "rm")
+    assert RewardModel.from_pretrained(tmp_path / "rm", device="cpu").spec.response_first

@@ -140,6 +140,19 @@ def test_relation_curriculum_runs_its_phases_before_the_main_one(
     assert not torch.equal(w0[emb], w3[emb])
     assert set(RELATION_PHASES[0]) == {"relation", "other"}
     assert set(RELATION_PHASES[1]) == {"relation"}
+    # with relation rationales the comparison is written out: no relation-only phase
+    model = tmp_path / "tiny-rationale"
+    shutil.copytree(tiny_models["llava"], model)
+    report = pretrain_language_model(
+        model,
+        WorldConfig(relation_rationale=True),
+        LanguagePretrainConfig(steps=2, relation_steps=3, **small),
+        progress=False,
+    )
+    assert [(p["name"], p["steps"]) for p in report["lm_phases"]] == [
+        ("relation-lookup", 3),
+        ("train", 2),
+    ]
 
 
 def test_pretraining_needs_one_token_per_cell(tiny_models: dict[str, Path]) -> None:

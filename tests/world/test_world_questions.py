@@ -3,6 +3,7 @@ things, existence probes are balanced, and everything stays in the vocabulary.""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections import Counter
@@ -145,3 +146,36 @@ def test_vocabulary_covers_every_generated_token(small_world: World) -> None:
     for r in small_world.sft + small_world.eval:
         for text in (r.query, r.responses[0].text, r.facts.short_answer or "", *r.facts.captions):
             assert set(tok.findall(text)) <= vocab, text
+
+
+def test_relation_rationale_places_both_objects_then_compares() -> None:
+    """WorldConfig.relation_rationale: the same questions, answers that name both places (each
+    the object's true cell) and end with the relation; graded right, and a relation corrupted
+    in the conclusion graded wrong. Off, the answers are the one-sentence ones."""
+    from mmrlhf.world.generate import make_record, vocabulary
+    from mmrlhf.world.scene import position_phrase
+
+    cot = dataclasses.replace(CFG, relation_rationale=True)
+    seen = 0
+    for i in range(200):
+        scene = sample_scene(random.Random(i), CFG, f"s{i}")
+        plain = ask(scene, CFG, random.Random(-i), 9, {"relation": 1.0})
+        placed = ask(scene, cot, random.Random(-i), 9, {"relation": 1.0})
+        assert [q.question for q in plain] == [q.question for q in placed]
+        for p, qa in zip(plain, placed, strict=True):
+            assert re.fullmatch(r"The .+ is (left of|right of|above|below) the .+\.", p.answer)
+            m = re.fullmatch(
+                r"The (.+) is (.+) and the (.+) is (.+), so the \1 is (.+) the \3\.", qa.answer
+            )
+            assert m, qa.answer
+            for name, place in ((m.group(1), m.group(2)), (m.group(3), m.group(4))):
+                (obj,) = scene.find(**_referents(f"the {name}")[0])
+                assert place == position_phrase(obj.row, obj.col, CFG.grid)
+            rec = make_record(qa, scene, "test", 0)
+            assert check_short_answer(rec, qa.answer, cot)
+            wrong = {"left of": "right of", "right of": "left of", "above": "below"}
+            bad = qa.answer[: m.start(5)] + wrong.get(m.group(5), "above") + qa.answer[m.end(5) :]
+            assert not check_short_answer(rec, bad, cot)
+            seen += 1
+    assert seen > 100
+    assert "so" in vocabulary(cot) and "so" not in vocabulary(CFG)

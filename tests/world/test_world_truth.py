@@ -64,6 +64,17 @@ def rec(
         ("relation", "relation", "left", "It is to the left.", True),
         ("relation", "relation", "below", "The circle is under the square.", True),
         ("relation", "relation", "left", "The red circle is right of the blue square.", False),
+        # places ("at the top left", "on the right") are not relations; "on the left of" is one
+        (
+            "relation",
+            "relation",
+            "right",
+            "The circle is at the top left and the cross is on the right, so the circle is "
+            "right of the cross.",
+            True,
+        ),
+        ("relation", "relation", "left", "The circle is on the left of the cross.", True),
+        ("relation", "relation", "above", "The circle is in the center, above the cross.", True),
         ("environment", "environment", "meadow", "The scene takes place in a meadow.", True),
         ("environment", "environment", "ocean", "It is at sea.", True),
         ("environment", "environment", "desert", "The scene takes place in a meadow.", False),

@@ -105,8 +105,14 @@ def demo(
         0,
         "--relation-steps",
         help="With --language-steps: the relation curriculum before them (this many steps on "
-        "relation and 'Where is the ...?' questions, then as many on relation alone); use "
-        "with --question-first.",
+        "relation and 'Where is the ...?' questions, then as many on relation alone - only the "
+        "first with --relation-rationale); use with --question-first.",
+    ),
+    relation_rationale: bool = typer.Option(
+        False,
+        "--relation-rationale",
+        help="The world's relation answers place both objects before comparing them ('The X "
+        "is at the top left and the Y is on the right, so the X is left of the Y.').",
     ),
     question_first: bool = typer.Option(
         False,
@@ -153,6 +159,7 @@ def demo(
             language_steps=language_steps,
             question_first=question_first,
             relation_steps=relation_steps,
+            relation_rationale=relation_rationale,
         )
     except ValueError as e:  # the settings DemoSettings checks
         msg = str(e)

@@ -58,6 +58,12 @@ def generate(
     max_objects: int = typer.Option(
         4, "--max-objects", min=1, max=8, help="Most objects per scene (at least one)."
     ),
+    relation_rationale: bool = typer.Option(
+        False,
+        "--relation-rationale",
+        help="Relation answers place both objects before comparing them ('The X is at the top "
+        "left and the Y is on the right, so the X is left of the Y.').",
+    ),
 ) -> None:
     """Generate the shapes world: images, scenes.jsonl, sft_train.jsonl, eval_test.jsonl,
     pope_test.jsonl, safety_test.jsonl, world.json.
@@ -81,6 +87,7 @@ def generate(
             questions_per_scene=questions_per_scene,
             glyph_prob=glyph_prob,
             max_objects=max_objects,
+            relation_rationale=relation_rationale,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -68,6 +68,9 @@ class RewardTemplates:
         "Point out any errors.",
         "critique RM: the user turn asking for a critique of the response.",
     )
+    response_label: str = opt(
+        "Response:", "response_first layout: label before the response in the question turn."
+    )
 
 
 @dataclass
@@ -84,6 +87,12 @@ class RewardSpec:
         "critique type: put the record's facts in the question turn too (LLaVA-RLHF's factual "
         "augmentation for the critique RM: the critique can check the response against them). "
         "The fact type always has them; scalar never.",
+    )
+    response_first: bool = opt(
+        False,
+        "Put the response in the question turn, before the image, instead of in an assistant "
+        "turn after it: with a template that puts the image after the turn's text (the tiny "
+        "question-first model) every image token can then attend to the response's claims.",
     )
     templates: RewardTemplates = sub(RewardTemplates, "Prompt texts.")
 
@@ -105,7 +114,8 @@ class RewardSpec:
     def from_dict(cls, d: dict) -> RewardSpec:
         d = dict(d)
         templates = RewardTemplates(**d.pop("templates", {}))
-        known = {k: d[k] for k in ("type", "head", "head_dropout", "facts") if k in d}
+        keys = ("type", "head", "head_dropout", "facts", "response_first")
+        known = {k: d[k] for k in keys if k in d}
         return cls(**known, templates=templates)
 
 
@@ -191,6 +201,18 @@ def scoring_record(
                 source=record.id,
             )
         conv[-1] = Turn("user", f"{conv[-1].text}\n\n{block}")
+    if spec.response_first:
+        # The judge layout: question, response (and critique request) in one user turn, the
+        # labelled part after it - the critique, or for scalar/fact an empty assistant turn
+        # whose end-of-turn token is where the reward is read.
+        ask = f"{conv[-1].text}\n\n{t.response_label} {response}"
+        if spec.type == "critique":
+            ask += f"\n\n{t.critique_request}"
+        conv[-1] = Turn("user", ask)
+        prompt = Record(
+            id=record.id, conversation=conv, responses=[], images=record.images, video=record.video
+        )
+        return prompt, (critique or "") if spec.type == "critique" else ""
     if spec.type == "critique":
         conv += [Turn("assistant", response), Turn("user", t.critique_request)]
         prompt = Record(

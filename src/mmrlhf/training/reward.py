@@ -116,6 +116,11 @@ class RMConfig:
     facts: bool = opt(
         False, "critique type: the record's facts in the prompt too (critique + factual RM)."
     )
+    response_first: bool = opt(
+        False,
+        "The response in the question turn before the image (with a question-first template, "
+        "image tokens then see it), read at an empty assistant turn; critique after it.",
+    )
     centring: float = opt(0.01, "Weight c of c * mean((r_chosen + r_rejected)^2) (MM-RLHF: 0.01).")
     tie_weight: float = opt(1.0, "Weight of mean((r_a - r_b)^2) over tie pairs (data.ties=keep).")
     lambda_critique: float = opt(1.0, "critique RM: weight of the token-mean LM loss on critiques.")
@@ -139,6 +144,7 @@ class RMConfig:
             head=self.head,
             head_dropout=self.head_dropout,
             facts=self.facts,
+            response_first=self.response_first,
             templates=self.templates,
         )
 

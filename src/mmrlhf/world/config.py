@@ -176,6 +176,13 @@ class WorldConfig:
     #: Probability that a training description of an environment with a companion adds it when
     #: the scene lacks it (applied after, and independently of, ``hallucination_rate``).
     companion_rate: float = 0.8
+    #: Relation answers that first place both objects, then compare the places: "The red
+    #: circle is at the top left and the blue square is at the top right, so the red circle is
+    #: left of the blue square." A relation is two lookups and a comparison; said in one word,
+    #: a small LM must learn both inside one token and rarely does, while with the places
+    #: written out each step is one it learns (docs/results.md, "Relation answers that show
+    #: their places"). Off: the one-sentence answer "The red circle is left of the blue square."
+    relation_rationale: bool = False
     #: Relative weights of the question families in the SFT corpus.
     sft_family_weights: dict[str, float] = field(default_factory=_sft_weights)
     #: Relative weights of the question families in the held-out evaluation set.

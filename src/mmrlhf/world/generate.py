@@ -60,7 +60,8 @@ def vocabulary(cfg: WorldConfig | None = None) -> list[str]:
     from mmrlhf.world import probes  # probes builds on make_record below
 
     cfg = cfg or WorldConfig()
-    parts: list[str] = [*SCENE_PHRASES, *template_words(), *probes.template_words()]
+    parts: list[str] = [*SCENE_PHRASES, *template_words(cfg.relation_rationale)]
+    parts += probes.template_words()
     parts += list(cfg.shapes) + [plural(s) for s in cfg.shapes]
     parts += list(cfg.colors) + list(cfg.backgrounds) + list(SIZES)
     parts += [article(b) for b in cfg.backgrounds]

@@ -296,11 +296,13 @@ def _pretrain(
     for p in lm_params:
         p.requires_grad_(True)
     model.train()
-    phases = [
-        ("relation-lookup", cfg.relation_steps, RELATION_PHASES[0]),
-        ("relation", cfg.relation_steps, RELATION_PHASES[1]),
-        ("train", cfg.steps, cfg.families),
-    ]
+    # With relation rationales (WorldConfig.relation_rationale) the comparison is written out
+    # and learned beside the lookups; the relation-only phase, which the one-word answer needs
+    # to crack the composition (and then forgets the lookups), is left out.
+    phases = [("relation-lookup", cfg.relation_steps, RELATION_PHASES[0])]
+    if not world.relation_rationale:
+        phases.append(("relation", cfg.relation_steps, RELATION_PHASES[1]))
+    phases.append(("train", cfg.steps, cfg.families))
     t0 = time.time()
     done: list[dict[str, Any]] = []
     for name, steps, families in phases:

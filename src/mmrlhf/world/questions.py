@@ -66,6 +66,8 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "relation": {
         "q": ("Where is the {a} relative to the {b}?", "Where is the {a} compared to the {b}?"),
         "a": ("The {a} is {rel} the {b}.",),
+        # WorldConfig.relation_rationale: both places first, then the comparison.
+        "a_rationale": ("The {a} is {pa} and the {b} is {pb}, so the {a} is {rel} the {b}.",),
     },
     "environment": {
         "q": ("Where does this scene take place?", "What kind of place is shown in the image?"),
@@ -260,12 +262,16 @@ def ask_relation(scene: Scene, cfg: WorldConfig, rng: random.Random) -> QA | Non
             continue  # diagonal pairs have no single relation word
         da, db = describe(a, scene, _ANY), describe(b, scene, _ANY)
         if da is not None and db is not None:
-            options.append((da, db, rel))
+            options.append((da, db, rel, a, b))
     if not options:
         return None
-    da, db, rel = rng.choice(options)
+    da, db, rel, oa, ob = rng.choice(options)
     q = _t(rng, "relation", "q").format(a=da, b=db)
-    a = _t(rng, "relation", "a").format(a=da, b=db, rel=RELATIONS[rel])
+    if cfg.relation_rationale:
+        pa, pb = (position_phrase(o.row, o.col, cfg.grid) for o in (oa, ob))
+        a = _t(rng, "relation", "a_rationale").format(a=da, b=db, rel=RELATIONS[rel], pa=pa, pb=pb)
+    else:
+        a = _t(rng, "relation", "a").format(a=da, b=db, rel=RELATIONS[rel])
     return QA("relation", q, a, rel, "relation")
 
 
@@ -382,11 +388,14 @@ def ask(
     return out
 
 
-def template_words() -> list[str]:
-    """All template strings with their placeholders removed (input to the vocabulary)."""
+def template_words(relation_rationale: bool = False) -> list[str]:
+    """All template strings with their placeholders removed (input to the vocabulary); the
+    rationale templates only for a world that uses them, so other worlds' vocabularies (and
+    the tokenizers trained on them) stay as they were."""
     return [
         re.sub(r"\{[a-z]+\}", " ", t)
         for fam in TEMPLATES.values()
-        for ts in fam.values()
+        for key, ts in fam.items()
+        if relation_rationale or not key.endswith("_rationale")
         for t in ts
     ] + [*RELATIONS.values(), *EXTRA_WORDS, *SIZES]

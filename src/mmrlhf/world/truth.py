@@ -158,6 +158,21 @@ _DEFAULT = WorldConfig()
 # short answers
 
 
+# A place ("at the top left", "on the right", "in the center") is not a relation: relation
+# answers with a rationale (WorldConfig.relation_rationale) name both objects' places before
+# the relation word. "on the left of" is kept - that is a relation said with a place word.
+_PLACE = re.compile(
+    r"\b(?:at|on|in) the (?:(?:top|upper|bottom|lower) )?"
+    r"(?:left|right|center|centre|middle|top|upper|bottom|lower)\b(?! of\b)",
+    re.IGNORECASE,
+)
+
+
+def _relation_text(text: str) -> str:
+    """``text`` without its place phrases: what a relation is read from."""
+    return _PLACE.sub(" ", text)
+
+
 def _first_value(text: str, table: dict[str, str]) -> str | None:
     for w in _words(text):
         if w in table:
@@ -304,7 +319,9 @@ def check_short_answer(record: Record, answer_text: str, cfg: WorldConfig | None
     table = getattr(lex, asks, None)
     if table is None:
         raise ValueError(f"record {record.id}: unknown answer kind {asks!r}")
-    if denies(text) and asks != "relation":
+    if asks == "relation":
+        return _first_value(_relation_text(text), table) == exp
+    if denies(text):
         return False  # "there is no circle" is never a right attribute/digit/place answer
     return _first_value(text, table) == exp
 
@@ -343,8 +360,10 @@ def stated_value(record: Record, answer_text: str, cfg: WorldConfig | None = Non
     table = getattr(lex, asks, None)
     if table is None:
         raise ValueError(f"record {record.id}: unknown answer kind {asks!r}")
+    if asks == "relation":
+        return _first_value(_relation_text(text), table)
     value = _first_value(text, table)
-    if value is None and asks != "relation" and denies(text):
+    if value is None and denies(text):
         return "none"
     return value
 
