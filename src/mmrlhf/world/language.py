@@ -25,7 +25,9 @@ two stages that mirror how LLaVA is built:
 With ``relation_steps`` stage 1 starts with a curriculum for relation questions (two lookups
 and a comparison, which no mix teaches): relation and "Where is the ...?" questions, then
 relation questions alone, then the mix; with the question-first template only (docs/results.md,
-"Relation questions").
+"Relation questions"). In a world whose relation answers name both places first
+(``WorldConfig.relation_rationale``) the relation-only phase is left out: the written-out
+comparison is learned beside the lookups.
 
 Only the ``llava`` tiny model with one image token per grid cell qualifies (as for the tower),
 and it expects the tower pretrained first (``mmrlhf.world.vision``). Every image-token slot is
@@ -109,7 +111,8 @@ class LanguagePretrainConfig:
         default=0,
         metadata={
             "help": "Before the main steps: this many on relation and 'Where is the ...?' "
-            "questions, then as many on relation questions alone (0 = no curriculum)."
+            "questions, then (without relation rationales) as many on relation questions "
+            "alone (0 = no curriculum)."
         },
     )
     align_steps: int = field(
