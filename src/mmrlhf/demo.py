@@ -549,11 +549,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "2/12 model: tiny LLaVA (CLIP + Llama) with a world tokenizer"
         + (f", tower pretrained {s.vision_steps} steps" if s.vision_steps > 0 else "")
         + (f", LM pretrained {s.language_steps} steps" if s.language_steps > 0 else "")
-        + (
-            f" after {s.relation_steps * (1 if s.relation_rationale else 2)} relation steps"
-            if s.relation_steps > 0
-            else ""
-        ),
+        + (f" after {2 * s.relation_steps} relation steps" if s.relation_steps > 0 else ""),
         cached,
         build_model,
     )

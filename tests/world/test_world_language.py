@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from mmrlhf.models.load import load_processor
 from mmrlhf.world import WorldConfig
 from mmrlhf.world.language import (
+    RATIONALE_PHASES,
     RELATION_PHASES,
     REPORT_FILE,
     LanguagePretrainConfig,
@@ -140,7 +141,7 @@ def test_relation_curriculum_runs_its_phases_before_the_main_one(
     assert not torch.equal(w0[emb], w3[emb])
     assert set(RELATION_PHASES[0]) == {"relation", "other"}
     assert set(RELATION_PHASES[1]) == {"relation"}
-    # with relation rationales the comparison is written out: no relation-only phase
+    # with relation rationales the first phase is the lookups alone
     model = tmp_path / "tiny-rationale"
     shutil.copytree(tiny_models["llava"], model)
     report = pretrain_language_model(
@@ -150,9 +151,11 @@ def test_relation_curriculum_runs_its_phases_before_the_main_one(
         progress=False,
     )
     assert [(p["name"], p["steps"]) for p in report["lm_phases"]] == [
-        ("relation-lookup", 3),
+        ("lookup", 3),
+        ("relation", 3),
         ("train", 2),
     ]
+    assert RATIONALE_PHASES == ({"other": 1.0}, {"relation": 1.0})
 
 
 def test_pretraining_needs_one_token_per_cell(tiny_models: dict[str, Path]) -> None:

@@ -105,8 +105,8 @@ def demo(
         0,
         "--relation-steps",
         help="With --language-steps: the relation curriculum before them (this many steps on "
-        "relation and 'Where is the ...?' questions, then as many on relation alone - only the "
-        "first with --relation-rationale); use with --question-first.",
+        "relation and 'Where is the ...?' questions - 'Where' alone with --relation-rationale - "
+        "then as many on relation alone); use with --question-first.",
     ),
     relation_rationale: bool = typer.Option(
         False,

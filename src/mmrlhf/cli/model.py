@@ -48,9 +48,9 @@ def build_tiny(
     relation_steps: int = typer.Option(
         0,
         help="With --language-steps: before them, this many steps on relation and 'Where is "
-        "the ...?' questions, then as many on relation alone - the second phase only for a "
-        "world without relation rationales (the relation curriculum; use with "
-        "--question-first; 3000 measured).",
+        "the ...?' questions ('Where' alone in a world with relation rationales), then as "
+        "many on relation alone (the relation curriculum; use with --question-first; 3000 "
+        "measured).",
     ),
     heads: int = typer.Option(4, help="Attention heads (both towers)."),
 ) -> None:
