@@ -43,8 +43,8 @@ CHAIR_i 0.021; the random LM: 0.633 / 0.624 / 0.05 / 3.19 / 0.178), but relation
 stay near chance. With the question-first template and the relation curriculum (6000 mix steps
 after 2 x 3000 relation ones) the SFT model answers 0.86-0.91 of them (relation 0.80-0.90) when
 relation is learned, which happened in 2 of 3 runs (docs/results.md, "Relation questions");
-in a world with relation rationales it was learned in 2 of 2 runs through this code (relation
-0.86 / 0.83 after SFT, core 0.827 / 0.921; "Relation answers that show their places").
+in a world with relation rationales it was learned in 3 of 3 runs through this code (relation
+0.86 / 0.83 / 0.77 after SFT, core 0.827 / 0.921 / 0.759; "Relation answers that show their places").
 Off by default in the demo (``--language-steps``): it costs more than the demo's 15 minutes at
 the step count that pays.
 """
