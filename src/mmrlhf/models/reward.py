@@ -201,6 +201,7 @@ def scoring_record(
                 source=record.id,
             )
         conv[-1] = Turn("user", f"{conv[-1].text}\n\n{block}")
+    critique_text = critique if critique is not None else ""
     if spec.response_first:
         # The judge layout: question, response (and critique request) in one user turn, the
         # labelled part after it - the critique, or for scalar/fact an empty assistant turn
@@ -209,20 +210,16 @@ def scoring_record(
         if spec.type == "critique":
             ask += f"\n\n{t.critique_request}"
         conv[-1] = Turn("user", ask)
-        prompt = Record(
-            id=record.id, conversation=conv, responses=[], images=record.images, video=record.video
-        )
-        return prompt, (critique or "") if spec.type == "critique" else ""
-    if spec.type == "critique":
+        completion = critique_text if spec.type == "critique" else ""
+    elif spec.type == "critique":
         conv += [Turn("assistant", response), Turn("user", t.critique_request)]
-        prompt = Record(
-            id=record.id, conversation=conv, responses=[], images=record.images, video=record.video
-        )
-        return prompt, critique if critique is not None else ""
+        completion = critique_text
+    else:
+        completion = response
     prompt = Record(
         id=record.id, conversation=conv, responses=[], images=record.images, video=record.video
     )
-    return prompt, response
+    return prompt, completion
 
 
 def encode_for_reward(
