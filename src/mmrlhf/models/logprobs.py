@@ -139,7 +139,7 @@ def build_groups(
     return groups, fulls
 
 
-def _lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """``(decoder, lm_head)`` of a ``*ForConditionalGeneration`` VLM, through a peft wrapper.
 
     The decoder returns hidden states without the vocabulary projection, so the head runs only
@@ -207,7 +207,7 @@ def shared_prefix_logps(
     6-token answer is not padded to a 60-token description; the vocabulary projection and
     log-softmax run once, over the labelled positions of all buckets.
     """
-    parts = _lm_parts(model)
+    parts = lm_parts(model)
     if parts is None:
         raise ValueError(f"{type(model).__name__}: no decoder/lm_head pair for the shared path")
     decoder, head = parts

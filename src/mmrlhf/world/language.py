@@ -69,6 +69,13 @@ from mmrlhf.world.scene import Scene, position_name, render_scene, sample_scene
 #: Written into the model folder when pretraining finishes: settings and measurements.
 REPORT_FILE = "language_pretrain.json"
 
+#: How the LM pretraining averages its loss (``LanguagePretrainConfig.loss_per``).
+LOSS_PER = ("answer", "token")
+
+#: A forward's fixed cost in padded-token units when a step's sequences are bucketed by length
+#: (:func:`mmrlhf.models.logprobs.length_buckets`): a step of 32 then runs as 2-4 forwards.
+BUCKET_OVERHEAD = 200
+
 
 def _sft_families() -> dict[str, float]:
     # The SFT mix's families, descriptions included. Measured (docs/results.md, "A pretrained
@@ -116,6 +123,18 @@ class LanguagePretrainConfig:
             "relation questions alone (0 = no curriculum)."
         },
     )
+    # Measured on the seed-2 stream, where the lookups came hardest (docs/results.md, "The
+    # language model's loss per answer"): the mix phase after the curriculum ends at core 0.778
+    # with perfect slots per token and 0.870 per answer. Per token, descriptions (~15% of the
+    # questions, ~8x the tokens of a short answer) take over half of every step's gradient.
+    loss_per: str = field(
+        default="answer",
+        metadata={
+            "help": "answer: each answer's token-mean loss, averaged over answers (a long "
+            "description counts as much as a short answer); token: the mean over all answer "
+            "tokens (SFT's convention)."
+        },
+    )
     align_steps: int = field(
         default=3000, metadata={"help": "Projector alignment steps (0 = leave it as it is)."}
     )
@@ -125,13 +144,27 @@ class LanguagePretrainConfig:
     align_batch_size: int = field(default=1024, metadata={"help": "Cells per alignment step."})
     align_lr: float = field(default=3e-3, metadata={"help": "Peak AdamW lr of the projector."})
     seed: int = field(default=0, metadata={"help": "Seed of the scene streams."})
+    probe_questions: int = field(
+        default=700,
+        metadata={
+            "help": "Held-out questions (one per fresh scene, families of PROBE_FAMILIES) the LM "
+            "answers greedily with perfect slots after each phase (0 = no probe)."
+        },
+    )
     num_threads: int = field(
         default=1,
         metadata={"help": "CPU threads while pretraining (0 = leave torch's setting)."},
     )
 
     def __post_init__(self) -> None:
-        for name in ("steps", "relation_steps", "warmup_steps", "align_steps", "num_threads"):
+        for name in (
+            "steps",
+            "relation_steps",
+            "warmup_steps",
+            "align_steps",
+            "num_threads",
+            "probe_questions",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"language pretraining: {name} must be >= 0")
         for name in ("batch_size", "align_scenes", "align_batch_size"):
@@ -139,6 +172,10 @@ class LanguagePretrainConfig:
                 raise ValueError(f"language pretraining: {name} must be >= 1")
         if self.lr <= 0 or self.align_lr <= 0:
             raise ValueError("language pretraining: learning rates must be > 0")
+        if self.loss_per not in LOSS_PER:
+            raise ValueError(
+                f"language pretraining: loss_per must be one of {LOSS_PER}, got {self.loss_per!r}"
+            )
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown or not any(w > 0 for w in self.families.values()):
             raise ValueError(
@@ -236,6 +273,130 @@ def _rescale_projector(
     first.weight.div_((sample @ first.weight.T).std().clamp_min(1e-8))
     first.bias.zero_()
     last.weight.div_((projector(sample).std() / target.std()).clamp_min(1e-8))
+
+
+#: Families of the held-out slot probe (``LanguagePretrainConfig.probe_questions``): the four
+#: core ones issue 2 scores, the lookups of ``other`` ("Where is the ...?", the digit) and the
+#: absent-object answers of ``adversarial``, equally weighted.
+PROBE_FAMILIES = ("attribute", "counting", "existence", "relation", "other", "adversarial")
+
+
+@torch.no_grad()
+def slot_probe(
+    model: torch.nn.Module,
+    processor: Any,
+    slots: SlotEmbedder,
+    world: WorldConfig,
+    n: int,
+    seed: int,
+    batch_size: int = 128,
+) -> dict[str, float]:
+    """Held-out accuracy of the LM with perfect slots: ``n`` fresh scenes (their own stream,
+    never trained on), one question each from :data:`PROBE_FAMILIES`, answered greedily and
+    graded by :func:`mmrlhf.world.truth.check_short_answer`. Per family, plus ``core`` (the mean
+    of the four core families). What the LM brings to SFT before any image is involved: with
+    real images after SFT the core score was within a few points of it (docs/results.md)."""
+    from mmrlhf.models.inputs import render
+    from mmrlhf.world.generate import make_record
+    from mmrlhf.world.questions import ask
+    from mmrlhf.world.truth import check_short_answer
+
+    tok, image_id = processor.tokenizer, model.config.image_token_id
+    n_cells = world.grid * world.grid
+    rng = random.Random(f"{seed}:language-pretrain:probe-questions")
+    probe = []
+    for i in range(n):
+        scene = sample_scene(rng, world, f"probe{i}", "test")
+        for qa in ask(scene, world, rng, 1, dict.fromkeys(PROBE_FAMILIES, 1.0)):
+            rec = make_record(qa, scene, "test", 0)
+            prompt, _ = render(processor, rec, None)
+            prompt = prompt.replace(processor.image_token, processor.image_token * n_cells)
+            probe.append((scene, rec, tok(prompt, add_special_tokens=False)["input_ids"]))
+    was_training = model.training
+    model.eval()
+    right: dict[str, list[bool]] = {}
+    for start in range(0, len(probe), batch_size):
+        chunk = probe[start : start + batch_size]
+        width = max(len(p) for _, _, p in chunk)
+        seqs = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(seqs)
+        for i, (_, _, p) in enumerate(chunk):  # left padding for generation
+            seqs[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        x = model.get_input_embeddings()(seqs)
+        x = x.masked_scatter((seqs == image_id)[..., None], slots.batch([s for s, _, _ in chunk]))
+        out = model.generate(
+            inputs_embeds=x,
+            attention_mask=mask,
+            max_new_tokens=48,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        for (_, rec, _), ids in zip(chunk, out, strict=True):
+            answer = tok.decode(ids, skip_special_tokens=True).strip()
+            right.setdefault(rec.meta["family"], []).append(check_short_answer(rec, answer, world))
+    model.train(was_training)
+    acc = {f: round(sum(v) / len(v), 4) for f, v in sorted(right.items())}
+    core = [acc[f] for f in ("attribute", "counting", "existence", "relation") if f in acc]
+    acc["core"] = round(sum(core) / len(core), 4) if core else float("nan")
+    return acc
+
+
+def answer_loss_backward(
+    model: torch.nn.Module,
+    slots: SlotEmbedder,
+    items: list[tuple[Scene, list[int], list[int]]],
+    pad_id: int,
+    image_id: int,
+    bucket_overhead: int = BUCKET_OVERHEAD,
+    per: str = "answer",
+) -> torch.Tensor:
+    """Next-token loss on the answers of ``items`` (``(scene, prompt ids, answer ids)``, image
+    tokens in the prompt), image tokens replaced by the scenes' slots; backpropagates it and
+    returns it detached.
+
+    ``per="token"``: the mean over all answer tokens of the batch (SFT's convention);
+    ``per="answer"``: each answer's token mean, averaged over the answers, so that a 60-token
+    description weighs as much as a 6-token short answer. Either way the value and gradient
+    are those of one right-padded forward of the whole batch, computed in buckets of similar
+    length (:func:`mmrlhf.models.logprobs.length_buckets`) with the vocabulary projection
+    applied to answer positions only. Why: descriptions are about twice the mean length, so one
+    padded batch was ~45% padding, and projecting every position onto the vocabulary was ~40%
+    of a step's FLOPs (measured: 1.9x the steps per second).
+    """
+    from mmrlhf.models.logprobs import length_buckets, lm_parts
+
+    if per not in LOSS_PER:
+        raise ValueError(f"per must be one of {LOSS_PER}, got {per!r}")
+    parts = lm_parts(model)
+    assert parts is not None  # the tiny LLaVA: LlavaModel + lm_head
+    decoder, head = parts
+    n_answer = sum(len(c) for _, _, c in items)
+    total = torch.zeros(())
+    for rows in length_buckets([len(p) + len(c) for _, p, c in items], bucket_overhead):
+        part = [items[i] for i in rows]
+        width = max(len(p) + len(c) for _, p, c in part)
+        seqs = torch.full((len(part), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(seqs)
+        labels = torch.full_like(seqs, -100)
+        weight = torch.zeros(len(part), width - 1)  # per target position (t predicts t + 1)
+        for i, (_, p, c) in enumerate(part):
+            seqs[i, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[i, : len(p) + len(c)] = 1
+            labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+            w = 1 / n_answer if per == "token" else 1 / (len(c) * len(items))
+            weight[i, len(p) - 1 : len(p) - 1 + len(c)] = w
+        x = model.get_input_embeddings()(seqs)
+        x = x.masked_scatter((seqs == image_id)[..., None], slots.batch([s for s, _, _ in part]))
+        hidden = decoder(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        target = labels[:, 1:]
+        keep = target != -100
+        logits = head(hidden[:, :-1][keep])  # [answer tokens of the bucket, vocab]
+        ce = F.cross_entropy(logits, target[keep], reduction="none")
+        loss = (ce * weight[keep]).sum()
+        loss.backward()
+        total = total + loss.detach()
+    return total
 
 
 def pretrain_language_model(
@@ -340,40 +501,36 @@ def _pretrain(
                 for k, qa in enumerate(ask(scene, world, rng, 2, weights)):
                     items.append((scene, *encode(scene, qa, k)))
             items = items[: cfg.batch_size]
-            width = max(len(p) + len(c) for _, p, c in items)
-            seqs = torch.full((len(items), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(seqs)
-            labels = torch.full_like(seqs, -100)
-            for i, (_, p, c) in enumerate(items):
-                seqs[i, : len(p) + len(c)] = torch.tensor(p + c)
-                mask[i, : len(p) + len(c)] = 1
-                labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
-            x = model.get_input_embeddings()(seqs)
-            where = seqs == image_id
-            x = x.masked_scatter(where[..., None], slots.batch([s for s, _, _ in items]))
-            # 1c. Forward through the language model only (no pixel values), next-token loss.
-            logits = model(inputs_embeds=x, attention_mask=mask).logits[:, :-1]
-            loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # 1c. Forward through the language model only (no pixel values), backward.
+            loss = answer_loss_backward(
+                model, slots, items, tok.pad_token_id, image_id, per=cfg.loss_per
+            )
             torch.nn.utils.clip_grad_norm_(lm_params, 1.0)
             opt.step()
             if step % 20 == 0 or step == steps - 1:
                 loss_value = loss.item()  # a sync; every 20 steps is enough for the bar
                 first_loss = loss_value if step == 0 else first_loss
                 bar.set_postfix(loss=f"{loss_value:.3f}")
-        done.append(
-            {
-                "name": name,
-                "steps": steps,
-                "first_loss": round(first_loss, 5),
-                "final_loss": round(loss_value, 5),
-            }
-        )
+        phase: dict[str, Any] = {
+            "name": name,
+            "steps": steps,
+            "first_loss": round(first_loss, 5),
+            "final_loss": round(loss_value, 5),
+        }
+        if cfg.probe_questions:
+            t_probe = time.time()
+            phase["slot_probe"] = slot_probe(
+                model, processor, slots, world, cfg.probe_questions, cfg.seed
+            )
+            phase["probe_seconds"] = round(time.time() - t_probe, 1)
+        done.append(phase)
     report["lm_phases"] = done
     report["lm_seconds"] = round(time.time() - t0, 1)
     report["lm_first_loss"] = done[0]["first_loss"] if done else float("nan")
     report["lm_final_loss"] = done[-1]["final_loss"] if done else float("nan")
+    if done and "slot_probe" in done[-1]:
+        report["slot_probe"] = done[-1]["slot_probe"]
     for p in lm_params:
         p.requires_grad_(False)
 
