@@ -109,3 +109,16 @@ def test_every_shipped_config_parses(path):
         return
     cfg = load_config(_config_class(path), path, ["model.path=m", "data.train=t"])
     assert cfg.train.lr > 0
+
+
+def test_pretrained_lm_sft_config_is_sft_yaml_at_the_demos_lower_lr():
+    """configs/world/sft_pretrained_lm.yaml is what the demo runs for a pretrained tiny LM
+    (sft.yaml + train.lr=PRETRAINED_LM_SFT_LR): the two must not drift apart."""
+    from mmrlhf.demo import PRETRAINED_LM_SFT_LR
+
+    paths = ["model.path=m", "data.train=t", "train.output_dir=o"]
+    shipped = load_config(SFTConfig, ROOT / "configs/world/sft_pretrained_lm.yaml", paths)
+    demo = load_config(
+        SFTConfig, ROOT / "configs/world/sft.yaml", [*paths, f"train.lr={PRETRAINED_LM_SFT_LR}"]
+    )
+    assert shipped == demo

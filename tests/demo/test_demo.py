@@ -128,6 +128,17 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
         _check_settings(DemoSettings(out=tmp_path / "bad"))
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--seed", "2"])
     assert res.exit_code == 2 and "seed: 1 -> 2" in res.output and "new --out" in res.output
+    # the recipe preset is the four settings it names
+    res = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--seed", "1", "--pretrained-lm", "train.max_steps=3"]
+    )
+    for change in (
+        "language_steps: 0 -> 12000",
+        "relation_steps: 0 -> 3000",
+        "question_first: False -> True",
+        "relation_rationale: False -> True",
+    ):
+        assert change in res.output, res.output
     with pytest.raises(DemoSettingsChanged, match=r"vision_steps: 1000 -> 0"):
         _check_settings(
             DemoSettings(out=out, seed=1, overrides=("train.max_steps=3",), vision_steps=0)

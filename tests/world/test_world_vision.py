@@ -109,6 +109,15 @@ def test_build_tiny_cli_pretrains_with_a_world(world_dir: Path, tmp_path: Path) 
     )
     assert res.exit_code == 0, res.output
     assert "language model pretrained" in res.output and "held-out cosine" in res.output
+    assert "held-out answers with perfect slots" in res.output and "core" in res.output
     assert (out / "language_pretrain.json").exists()
+    # the recipe needs a world; on a world without relation rationales it warns
+    res = CliRunner().invoke(app, ["model", "build-tiny", "--out", str(out), "--pretrained-lm"])
+    assert res.exit_code == 2 and "give --world" in res.output
+    res = CliRunner().invoke(
+        app,
+        [*args, "--vision-steps", "2", "--language-steps", "2", "--relation-steps", "1"],
+    )
+    assert res.exit_code == 0 and "relation rationales" in res.output, res.output
     res = CliRunner().invoke(app, [*args, "--vision-steps", "0", "--language-steps", "3"])
     assert res.exit_code == 2 and "needs the vision tower pretrained" in res.output

@@ -69,6 +69,15 @@ from mmrlhf.world.scene import Scene, position_name, render_scene, sample_scene
 #: Written into the model folder when pretraining finishes: settings and measurements.
 REPORT_FILE = "language_pretrain.json"
 
+#: The measured recipe (``--pretrained-lm`` on ``mmrlhf model build-tiny`` and ``mmrlhf demo``):
+#: a question-first tiny LLaVA on a world with relation rationales, the lookup and relation
+#: curriculum of this many steps each, then this many steps of the SFT mix. Measured through
+#: the shipped code on three seeds (docs/results.md, "The language model's loss per answer"):
+#: core short answers with perfect slots 0.95 / 0.95 / 0.95 (the mix per token: 0.89 / 1.0 /
+#: 0.78), after SFT with real images 0.87-0.98; 13-17 minutes on one thread.
+RECIPE_RELATION_STEPS = 3000
+RECIPE_LANGUAGE_STEPS = 12000
+
 #: How the LM pretraining averages its loss (``LanguagePretrainConfig.loss_per``).
 LOSS_PER = ("answer", "token")
 
