@@ -98,7 +98,7 @@ def demo(
         0,
         "--language-steps",
         help="Steps pretraining the tiny model's language model on symbolic scenes and "
-        "aligning its projector (the stand-in for a pretrained LLM; ~14 steps/s); SFT then "
+        "aligning its projector (the stand-in for a pretrained LLM; ~20 steps/s); SFT then "
         "uses lr 5e-4. 0 keeps the LM random.",
     ),
     relation_steps: int = typer.Option(

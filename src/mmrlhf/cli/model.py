@@ -43,7 +43,7 @@ def build_tiny(
         0,
         help="With --world and --arch llava, after the tower: steps pretraining the language "
         "model on symbolic scenes, then aligning the projector (the stand-in for a pretrained "
-        "LLM; 12-19 steps/s, 12000 measured best); 0 keeps the LM random.",
+        "LLM; ~20 steps/s on one thread, 12000 measured best); 0 keeps the LM random.",
     ),
     relation_steps: int = typer.Option(
         0,

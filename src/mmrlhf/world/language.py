@@ -31,22 +31,19 @@ relation questions alone, then the mix; with the question-first template only (d
 Only the ``llava`` tiny model with one image token per grid cell qualifies (as for the tower),
 and it expects the tower pretrained first (``mmrlhf.world.vision``). Every image-token slot is
 built on the fly from the current embedding table, so stage 1 trains the embeddings that the
-slots are made of. 12000 steps take 11-20 minutes on one thread (measured beside other jobs; the
-slot lookups are batched and the rendered questions cached, 1.35x faster than per cell), the
-alignment about 11 s.
+slots are made of. Each step's sequences run in length buckets with the vocabulary projection
+on answer positions only (:func:`answer_loss_backward`: the gradient of one padded forward,
+1.95x the steps per second), and the loss is each answer's mean, averaged over answers
+(``loss_per``). After each phase a held-out probe (:func:`slot_probe`) scores the LM on fresh
+questions with perfect slots and goes into the report.
 
-Measured (docs/results.md, "Longer LM pretraining"; seed-0 world): the lookup of a
-described object's cell is learned slowly, not missing - core short answers with perfect slots
-0.723 after 3000 steps, 0.844 after 12000 (core families). With 12000 steps on the SFT mix the
-SFT model answers core short questions 0.816 (all short 0.846, POPE F1 0.96, MMHal 4.39,
-CHAIR_i 0.021; the random LM: 0.633 / 0.624 / 0.05 / 3.19 / 0.178), but relation questions
-stay near chance. With the question-first template and the relation curriculum (6000 mix steps
-after 2 x 3000 relation ones) the SFT model answers 0.86-0.91 of them (relation 0.80-0.90) when
-relation is learned, which happened in 2 of 3 runs (docs/results.md, "Relation questions");
-in a world with relation rationales it was learned in 3 of 3 runs through this code (relation
-0.86 / 0.83 / 0.77 after SFT, core 0.827 / 0.921 / 0.759; "Relation answers that show their places").
-Off by default in the demo (``--language-steps``): it costs more than the demo's 15 minutes at
-the step count that pays.
+Measured (docs/results.md): the lookup of a described object's cell is learned slowly, not
+missing ("Longer LM pretraining"); relation needs the question-first template, rationale
+answers and the curriculum ("Relation answers that show their places"); and with the loss per
+answer the recipe (:data:`RECIPE_RELATION_STEPS`, :data:`RECIPE_LANGUAGE_STEPS`; ``mmrlhf
+model build-tiny --pretrained-lm``) gives SFT models that answer 0.940 / 0.932 / 0.939 of the
+held-out core short questions on three seeds ("The language model's loss per answer"). Off by
+default in the demo (``--pretrained-lm``): it adds 13-17 minutes on one thread.
 """
 
 from __future__ import annotations
@@ -73,8 +70,8 @@ REPORT_FILE = "language_pretrain.json"
 #: a question-first tiny LLaVA on a world with relation rationales, the lookup and relation
 #: curriculum of this many steps each, then this many steps of the SFT mix. Measured through
 #: the shipped code on three seeds (docs/results.md, "The language model's loss per answer"):
-#: core short answers with perfect slots 0.95 / 0.95 / 0.95 (the mix per token: 0.89 / 1.0 /
-#: 0.78), after SFT with real images 0.87-0.98; 13-17 minutes on one thread.
+#: core short answers with perfect slots 0.953 / 0.959 / 0.951, after SFT with real images
+#: 0.940 / 0.932 / 0.939; 13-17 minutes on one thread.
 RECIPE_RELATION_STEPS = 3000
 RECIPE_LANGUAGE_STEPS = 12000
 
