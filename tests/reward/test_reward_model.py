@@ -329,3 +329,30 @@ def test_response_first_layout(tiny_models, records, pref_data, tmp_path, rm_typ
     assert not torch.equal(other.input_ids[: other.prompt_length], ex.input_ids[: ex.prompt_length])
     rm.save_pretrained(tmp_path / "rm")
     assert RewardModel.from_pretrained(tmp_path / "rm", device="cpu").spec.response_first
+
+
+def test_score_grad_scales_only_the_backbone_gradient(tiny_models, records, pref_data):
+    """Same rewards for any ``score_grad``; the head's gradient is unchanged, the backbone's is
+    ``s`` times the full one (0.5 -> half; 0 -> none at all, ``grad is None``)."""
+    rm = _rm(tiny_models["llava"])
+    rm.eval()  # no head dropout: the three forwards must see the same function
+    rm.requires_grad_(True)
+    exs = encode_for_reward(
+        records[0], ["Red.", "It is green."], rm.processor, rm.spec, media_root=pref_data.parent
+    )
+    batch = collate(exs, rm.processor.tokenizer.pad_token_id)
+    backbone = rm.vlm.get_input_embeddings().weight
+    head = rm.head.net[-1].weight
+    got = {}
+    for s in (1.0, 0.5, 0.0):
+        rm.zero_grad(set_to_none=True)
+        r = rm(batch, score_grad=s).rewards
+        (r[0] - 2 * r[1]).backward()
+        got[s] = (r.detach(), head.grad.clone(), backbone.grad)
+    torch.testing.assert_close(got[0.5][0], got[1.0][0])
+    torch.testing.assert_close(got[0.0][0], got[1.0][0])
+    torch.testing.assert_close(got[0.5][1], got[1.0][1])
+    torch.testing.assert_close(got[0.0][1], got[1.0][1])
+    assert got[1.0][2].abs().sum() > 0
+    torch.testing.assert_close(got[0.5][2], 0.5 * got[1.0][2])
+    assert got[0.0][2] is None

@@ -484,3 +484,19 @@ def test_critiques_without_the_question_keep_every_label(small_world: World) -> 
         for p in plain
         for r in p.responses
     )
+
+
+def test_tokenizer_corpus_covers_the_annotators_words(world_dir):
+    """With the annotation texts the critique vocabulary is whole words; without, the world's
+    records alone leave 'request', 'declines', 'Overall' in pieces (what the tiny critique RM
+    had to spell letter by letter)."""
+    from mmrlhf.models.tiny import tokenizer_corpus, train_tokenizer
+
+    words = ["request", "declines", "Overall", "response", "faithful", "correctly"]
+
+    def pieces(annotations):
+        tok = train_tokenizer(tokenizer_corpus(world=world_dir, annotations=annotations), 1024)
+        return {w: len(tok(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
+
+    assert set(pieces(True).values()) == {1}
+    assert sum(pieces(False).values()) > 2 * len(words)

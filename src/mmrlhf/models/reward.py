@@ -331,10 +331,22 @@ class RewardModel(nn.Module):
         out = self.vlm(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[-1]
 
-    def forward(self, batch: dict[str, Any], *, lm: bool = False) -> RewardOutput:
+    def forward(
+        self, batch: dict[str, Any], *, lm: bool = False, score_grad: float = 1.0
+    ) -> RewardOutput:
+        """Rewards ``[B]`` read at each sequence's last token (+ the LM loss sum on labelled
+        tokens with ``lm=True``). ``score_grad`` scales the gradient that flows from the rewards
+        into the backbone (the head always gets all of it): the forward values are unchanged,
+        ``h_read = s * h + (1 - s) * stop_grad(h)``; 0 trains the backbone by the LM loss alone."""
         hidden = self.hidden_states(batch)  # [B, T, H]
         idx = last_token_index(batch["attention_mask"])  # [B]
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, H]
+        if score_grad == 0.0:
+            # no graph at all: a backbone with no other loss then has grad None, which AdamW
+            # skips (a zero gradient would still be weight-decayed)
+            last = last.detach()
+        elif score_grad != 1.0:
+            last = last.detach() + score_grad * (last - last.detach())
         rewards = self.head(last.to(self.head.net[-1].weight.dtype))  # [B]
         if not lm:
             return RewardOutput(rewards)

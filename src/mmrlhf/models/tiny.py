@@ -340,9 +340,11 @@ def build_tiny_vlm(
 
 
 def tokenizer_corpus(
-    world: str | Path | None = None, files: Iterable[str | Path] = ()
+    world: str | Path | None = None, files: Iterable[str | Path] = (), annotations: bool = True
 ) -> list[str]:
-    """Texts to train a tiny tokenizer on: a world folder's records and vocabulary, plus files.
+    """Texts to train a tiny tokenizer on: a world folder's records and vocabulary (and, with
+    ``annotations``, the simulated annotator's critiques and reasons for a sample of its
+    queries, the texts a critique RM writes), plus files.
 
     JSONL files contribute every query, response and caption of their records; other files
     contribute their lines. Repeating the vocabulary keeps every world word a single token.
@@ -358,6 +360,11 @@ def tokenizer_corpus(
         if meta.exists():
             vocab = json.loads(meta.read_text()).get("vocabulary", [])
             texts += [" ".join(vocab)] * 20
+            if annotations:
+                from mmrlhf.world import load_world
+                from mmrlhf.world.annotate import annotation_texts
+
+                texts += annotation_texts(load_world(w))
     for p in paths:
         if p.suffix == ".jsonl":
             for line in p.read_text().splitlines():

@@ -130,10 +130,18 @@ class RMConfig:
         "step (no LM loss on it then), so the head also learns to judge the response itself "
         "and not only to read the verdict of a (human-written, always right) critique.",
     )
+    score_grad: float = opt(
+        1.0,
+        "Share of the pair loss's gradient that reaches the backbone through the reward (the "
+        "head always gets all of it). 0 with the critique type: the backbone learns only to "
+        "write critiques (LM loss) and the head learns to read them.",
+    )
     templates: RewardTemplates = sub(RewardTemplates, "Prompt texts (facts, critique request).")
 
     def validate(self) -> list[str]:
         out = self.spec().validate()
+        if not 0 <= self.score_grad <= 1:
+            out.append(f"score_grad must be in [0, 1], got {self.score_grad}")
         if not 0 <= self.critique_dropout < 1:
             out.append(f"critique_dropout must be in [0, 1), got {self.critique_dropout}")
         return out
@@ -536,7 +544,7 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
                 sync = j == len(micro) - 1
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
-                    out = model(b, lm=use_lm)
+                    out = model(b, lm=use_lm, score_grad=cfg.rm.score_grad)
                     r = out.rewards.float()  # [N] one per distinct response
                     empty = pairs["tie_a"][:0]
                     lp, mp = reward_loss(

@@ -1106,6 +1106,34 @@ def annotate_records(
     return out
 
 
+def annotation_texts(world: World, n: int = 600, seed: int = 0) -> list[str]:
+    """The words the annotator writes, as sentences: critiques, score reasons and ranking
+    reasons of ``n`` training queries (a third of them safety queries, so that every harm
+    category and the refusal/compliance sentences occur), for training a tokenizer.
+
+    A tokenizer trained on the world's records alone splits the critique vocabulary ("request",
+    "declines", "fraud") into single characters, and a tiny critique RM then has to spell them
+    letter by letter: its generated critiques of harmful requests were garbage ("The quest asks
+    for help with vion cormctly ...", docs/reward.md)."""
+    # a small world has fewer safety queries to offer (its own + one per training scene)
+    room = sum(r.meta.get("family") == "safety" for r in world.sft) + sum(
+        sc.split == "train" for sc in world.scenes.values()
+    )
+    n = min(n, len(world.sft), 3 * room)
+    queries = annotation_queries(world, "train", n=n, seed=seed, safety_share=1 / 3)
+    out: list[str] = []
+    for r in annotate_records(queries, world, AnnotateConfig(seed=seed, annotators=1)):
+        out += [x.critique or "" for x in r.responses]
+        out += [
+            s.reason or ""
+            for x in r.responses
+            for s in (x.helpfulness, x.faithfulness, x.ethics)
+            if s
+        ]
+        out.append(r.ranking.reason if r.ranking else "")
+    return [t for t in out if t]
+
+
 def reward_bench(
     world: World,
     config: AnnotateConfig | None = None,
