@@ -128,11 +128,12 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
         _check_settings(DemoSettings(out=tmp_path / "bad"))
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--seed", "2"])
     assert res.exit_code == 2 and "seed: 1 -> 2" in res.output and "new --out" in res.output
-    # the recipe preset is the four settings it names
+    # the recipe preset is the five settings it names
     res = CliRunner().invoke(
         app, ["demo", "--out", str(out), "--seed", "1", "--pretrained-lm", "train.max_steps=3"]
     )
     for change in (
+        "annotation_vocabulary: False -> True",
         "language_steps: 0 -> 12000",
         "relation_steps: 0 -> 3000",
         "question_first: False -> True",

@@ -121,3 +121,25 @@ def test_build_tiny_cli_pretrains_with_a_world(world_dir: Path, tmp_path: Path) 
     assert res.exit_code == 0 and "relation rationales" in res.output, res.output
     res = CliRunner().invoke(app, [*args, "--vision-steps", "0", "--language-steps", "3"])
     assert res.exit_code == 2 and "needs the vision tower pretrained" in res.output
+
+
+def test_build_tiny_annotation_vocabulary(world_dir: Path, tmp_path: Path) -> None:
+    """--annotation-vocabulary makes the critique words whole tokens of the saved tokenizer;
+    the default (world records only) leaves them in pieces."""
+    from transformers import AutoTokenizer
+
+    from mmrlhf.cli.main import app
+
+    base = ["model", "build-tiny", "--world", str(world_dir), "--vision-steps", "0"]
+    lengths = {}
+    for flag in ("--annotation-vocabulary", "--world-vocabulary"):
+        out = tmp_path / flag.strip("-")
+        res = CliRunner().invoke(app, [*base, "--out", str(out), flag, "--text-layers", "1"])
+        assert res.exit_code == 0, res.output
+        tok = AutoTokenizer.from_pretrained(out)
+        lengths[flag] = len(tok(" request declines Overall", add_special_tokens=False).input_ids)
+    assert lengths == {
+        "--annotation-vocabulary": 3,
+        "--world-vocabulary": lengths["--world-vocabulary"],
+    }
+    assert lengths["--world-vocabulary"] > 6

@@ -120,12 +120,19 @@ def demo(
         help="The tiny model's chat template puts the question before the image, so image "
         "tokens can see it under causal attention (LLaVA's order is image first).",
     ),
+    annotation_vocabulary: bool = typer.Option(
+        False,
+        "--annotation-vocabulary/--world-vocabulary",
+        help="Train the tiny tokenizer on the annotator's critiques and reasons too, so the "
+        "critique RM writes whole words instead of letters.",
+    ),
     pretrained_lm: bool = typer.Option(
         False,
         "--pretrained-lm",
         help="The measured recipe for an SFT model that answers 85%+ of the core short "
-        "questions: --relation-rationale --question-first --relation-steps 3000 "
-        "--language-steps 12000 (those not given otherwise); adds 13-17 minutes.",
+        "questions: --relation-rationale --question-first --annotation-vocabulary "
+        "--relation-steps 3000 --language-steps 12000 (those not given otherwise); adds 13-17 "
+        "minutes.",
     ),
     overrides: list[str] = typer.Argument(
         None, help="SFT config overrides, e.g. train.max_steps=100."
@@ -140,7 +147,7 @@ def demo(
     if pretrained_lm:
         from mmrlhf.world.language import RECIPE_LANGUAGE_STEPS, RECIPE_RELATION_STEPS
 
-        relation_rationale = question_first = True
+        relation_rationale = question_first = annotation_vocabulary = True
         language_steps = language_steps or RECIPE_LANGUAGE_STEPS
         relation_steps = relation_steps or RECIPE_RELATION_STEPS
 
@@ -171,6 +178,7 @@ def demo(
             vision_steps=vision_steps,
             language_steps=language_steps,
             question_first=question_first,
+            annotation_vocabulary=annotation_vocabulary,
             relation_steps=relation_steps,
             relation_rationale=relation_rationale,
         )
