@@ -1,8 +1,8 @@
 """Tiny vision-language models of real transformers architectures, built from configs.
 
 ``build_tiny_vlm`` trains a byte-level BPE tokenizer on the given texts (the shapes world's
-vocabulary and its annotator's critiques, :func:`tokenizer_corpus`, so world and critique words
-become single tokens while any text still encodes), builds a processor
+vocabulary, optionally with its annotator's critiques, :func:`tokenizer_corpus`, so world and
+critique words become single tokens while any text still encodes), builds a processor
 with a chat template, instantiates a randomly initialised model and saves both with
 ``save_pretrained``. The result loads by path exactly like a downloaded checkpoint, so every code
 path (loading, inputs, training, generation) is the one real models take.
