@@ -144,7 +144,7 @@ class DemoSettings:
     #: The tiny tokenizer also trains on the annotator's critiques and reasons
     #: (``models.tiny.tokenizer_corpus``), so the critique RM writes whole words, not letters.
     #: Part of ``--pretrained-lm`` (core short 0.940 -> 0.973 there, one seed); off otherwise,
-    #: where it moved the measured default demo (seed 0 POPE F1 gain 0.16 -> 0, docs/results.md).
+    #: where it moved the measured default demo (seed 0 POPE F1 gain 0.17 -> 0, docs/results.md).
     annotation_vocabulary: bool = False
     rm_config: Path | None = None
     #: Reward-model steps in the demo (the standalone config trains longer, 5 minutes).
