@@ -138,8 +138,5 @@ def test_build_tiny_annotation_vocabulary(world_dir: Path, tmp_path: Path) -> No
         assert res.exit_code == 0, res.output
         tok = AutoTokenizer.from_pretrained(out)
         lengths[flag] = len(tok(" request declines Overall", add_special_tokens=False).input_ids)
-    assert lengths == {
-        "--annotation-vocabulary": 3,
-        "--world-vocabulary": lengths["--world-vocabulary"],
-    }
+    assert lengths["--annotation-vocabulary"] == 3
     assert lengths["--world-vocabulary"] > 6
