@@ -486,6 +486,42 @@ def test_critiques_without_the_question_keep_every_label(small_world: World) -> 
     )
 
 
+def test_critiques_that_state_the_claim_first_keep_every_label(small_world: World) -> None:
+    """critique_states_claim=True opens every right short answer's critique with the value it
+    states ("answers 2, which is right: ..."), as a wrong one's ("answers 4, which is wrong:
+    ..."); texts, scores, rankings and the rest of each critique are the default ones."""
+    qs = _queries(small_world)[:80]
+    plain = annotate_records(
+        qs, small_world, AnnotateConfig(noise=0.0, critique_quotes_question=False)
+    )
+    claim = annotate_records(
+        qs,
+        small_world,
+        AnnotateConfig(noise=0.0, critique_quotes_question=False, critique_states_claim=True),
+    )
+    n_right = n_wrong = 0
+    for a, b in zip(plain, claim, strict=True):
+        assert a.ranking == b.ranking
+        for ra, rb in zip(a.responses, b.responses, strict=True):
+            assert ra.text == rb.text
+            assert (ra.helpfulness, ra.faithfulness, ra.ethics) == (
+                rb.helpfulness,
+                rb.faithfulness,
+                rb.ethics,
+            )
+            opener = "The response answers the question correctly: "
+            if ra.critique.startswith(opener):
+                n_right += 1
+                value = stated_value(b, rb.text, small_world.config)
+                said = value if value not in (None, "none") else f'"{rb.text.split(".")[0]}"'
+                rest = ra.critique.removeprefix(opener)
+                assert rb.critique == f"The response answers {said}, which is right: {rest}"
+            else:
+                n_wrong += ", which is wrong: " in ra.critique
+                assert rb.critique == ra.critique
+    assert n_right > 20 and n_wrong > 5, (n_right, n_wrong)
+
+
 def test_tokenizer_corpus_covers_the_annotators_words(world_dir):
     """With the annotation texts the critique vocabulary is whole words; without, the world's
     records alone leave 'request', 'declines', 'Overall' in pieces (what the tiny critique RM

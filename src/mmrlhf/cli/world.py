@@ -194,6 +194,12 @@ def annotate(
         help="Restate the question in each critique (MM-RLHF's style) or open with the "
         "judgement (easier for a small critique RM to write).",
     ),
+    states_claim: bool = typer.Option(
+        False,
+        "--critique-states-claim/--critique-judges-first",
+        help="Short answers: the critique repeats the response's value before judging it "
+        '("answers 2, which is right: ...") instead of opening with the judgement.',
+    ),
     weight: list[str] = typer.Option(
         [],
         "--weight",
@@ -255,6 +261,7 @@ def annotate(
             include_truth=not no_truth,
             critique_order=critique_order,
             critique_quotes_question=quote_question,
+            critique_states_claim=states_claim,
         )
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
     except ValueError as e:

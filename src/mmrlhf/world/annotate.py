@@ -189,6 +189,11 @@ class AnnotateConfig:
     #: derails where the copy fails (docs/reward.md); ``False`` opens with the judgement
     #: instead ("The response answers the question correctly: ...").
     critique_quotes_question: bool = True
+    #: Short answers: a right answer's critique opens with the value it states, as a wrong
+    #: one's does ("The response answers 2, which is right: ..." / "... answers 4, which is
+    #: wrong: ..."), so the critic's first decision comes after the claim it judges is written
+    #: out. Off: "The response answers the question correctly: ..." decides before any value.
+    critique_states_claim: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -716,9 +721,11 @@ def judge_response(
     judge: RuleJudge,
     truth: str | None = None,
     quote: bool = True,
+    claim: bool = False,
 ) -> Judgement:
     """Score one answer as the noise-free annotator (module docstring for the rules).
-    ``quote=False`` writes the critique without restating the question."""
+    ``quote=False`` writes the critique without restating the question; ``claim=True`` opens a
+    right short answer's critique with its value, as a wrong one's (``critique_states_claim``)."""
     cfg = judge.cfg
     truth = truth_text(record, scene) if truth is None else truth
     q = record.query
@@ -834,21 +841,26 @@ def judge_response(
         if a.correct:
             help_ = 5
             reasons["helpfulness"] = "Answers the question directly."
-            crit.append(
-                (
-                    f'The question asks "{q}", and the response answers it correctly: '
-                    if quote
-                    else "The response answers the question correctly: "
+            if claim:
+                crit.append(
+                    (f'The question asks "{q}"; the response' if quote else "The response")
+                    + f" answers {_stated(record, text, cfg)}, which is right: {_lc(truth)}"
                 )
-                + _lc(truth)
-            )
+            else:
+                crit.append(
+                    (
+                        f'The question asks "{q}", and the response answers it correctly: '
+                        if quote
+                        else "The response answers the question correctly: "
+                    )
+                    + _lc(truth)
+                )
         elif wrong:
             help_ = 2
             reasons["helpfulness"] = "Addresses the question but gives a wrong answer."
-            stated = _stated(record, text, cfg)
             crit.append(
                 (f'The question asks "{q}"; the response' if quote else "The response")
-                + f" answers {stated}, which is wrong: {_lc(truth)}"
+                + f" answers {_stated(record, text, cfg)}, which is wrong: {_lc(truth)}"
             )
         else:
             help_ = 1 if a.refused else 2
@@ -1008,15 +1020,19 @@ def annotate_record(
                 pool.append(("model_corrected", fixed))
     seen: set[str] = set()
     items: list[tuple[str, str, Judgement, float]] = []
-    quote = cfg.critique_quotes_question
-    truth_j = judge_response(record, truth, scene, judge, truth, quote)
+    quote, claim = cfg.critique_quotes_question, cfg.critique_states_claim
+    truth_j = judge_response(record, truth, scene, judge, truth, quote, claim)
     for i, (src, text) in enumerate(pool):
         key = _norm_text(text)
         # an empty model answer cannot be a response (validation rejects empty texts); callers
         # report how many there were (count_empty_answers)
         if key in seen or not text.strip():
             continue
-        j = truth_j if src == "truth" else judge_response(record, text, scene, judge, truth, quote)
+        j = (
+            truth_j
+            if src == "truth"
+            else judge_response(record, text, scene, judge, truth, quote, claim)
+        )
         handed_in = i >= n_generated
         if not handed_in and not _valid(src, j, truth_j):
             continue
