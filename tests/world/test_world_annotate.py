@@ -393,6 +393,17 @@ def test_cli_round_trip(world_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, [*args, "--weight", "wrong_colour=1"], env={"COLUMNS": "300"})
     assert res.exit_code != 0 and "unknown source 'wrong_colour'" in res.output
 
+    # the critique options reach the annotator: claim-first, unquoted critiques
+    res = runner.invoke(
+        app, [*args, "--n-queries", "60", "--no-quote-question", "--critique-states-claim"]
+    )
+    assert res.exit_code == 0, res.output
+    recs, _ = load_records(out2, task="preference")
+    crits = [x.critique or "" for r in recs for x in r.responses]
+    assert any(", which is right: " in c for c in crits)
+    assert not any("correctly" in c for c in crits)
+    assert not any(f'"{r.query}"' in (x.critique or "") for r in recs for x in r.responses)
+
 
 def test_cli_help_documents_every_option() -> None:
     res = runner.invoke(app, ["world", "annotate", "--help"], env={"COLUMNS": "200"})
@@ -410,6 +421,7 @@ def test_cli_help_documents_every_option() -> None:
         "--model",
         "--temperatures",
         "--samples-per-temperature",
+        "--critique-states-claim",
     ):
         assert opt in res.output
 
