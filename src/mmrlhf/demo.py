@@ -679,6 +679,12 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
             f"train.seed={s.seed}",
             "data.eval=",
             f"train.max_steps={s.rm_steps}",
+            # The demo's measured RM stage: 8 queries a step on one thread (the background
+            # evaluation worker has the other core), MM-RLHF's layout. The standalone config
+            # trains 5 minutes alone on two threads, 4 queries a step, response first.
+            "train.batch_size=8",
+            "train.num_threads=1",
+            "rm.response_first=false",
             *s.rm_overrides,
         ],
     )
