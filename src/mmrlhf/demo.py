@@ -375,6 +375,28 @@ def sft_overrides(s: DemoSettings, model_dir: Path, world_dir: Path, sft_dir: Pa
     ]
 
 
+def rm_overrides(s: DemoSettings, sft_final: Path, train_file: Path, rm_dir: Path) -> list[str]:
+    """The reward-model config overrides of the demo's RM stage; the user's ``s.rm_overrides``
+    come last, so they win.
+
+    The demo's measured RM stage is ``s.rm_steps`` steps of 8 queries on one thread (the
+    background evaluation worker has the other core) in MM-RLHF's layout; the standalone
+    ``rm_critique.yaml`` trains 5 minutes alone on two threads, 4 queries a step, response first.
+    """
+    return [
+        f"model.path={sft_final}",
+        f"data.train={train_file}",
+        f"train.output_dir={rm_dir}",
+        f"train.seed={s.seed}",
+        "data.eval=",
+        f"train.max_steps={s.rm_steps}",
+        "train.batch_size=8",
+        "train.num_threads=1",
+        "rm.response_first=false",
+        *s.rm_overrides,
+    ]
+
+
 #: Settings added after some folders were made, with the value those folders ran with (the
 #: current default would claim otherwise): worlds without companions, RM data in the corpus's
 #: mix with critiques that restate the question.
@@ -672,21 +694,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     rm_cfg = load_config(
         RewardConfig,
         s.rm_config or REPO_CONFIGS / "world" / "rm_critique.yaml",
-        [
-            f"model.path={sft_final}",
-            f"data.train={train_file}",
-            f"train.output_dir={rm_dir}",
-            f"train.seed={s.seed}",
-            "data.eval=",
-            f"train.max_steps={s.rm_steps}",
-            # The demo's measured RM stage: 8 queries a step on one thread (the background
-            # evaluation worker has the other core), MM-RLHF's layout. The standalone config
-            # trains 5 minutes alone on two threads, 4 queries a step, response first.
-            "train.batch_size=8",
-            "train.num_threads=1",
-            "rm.response_first=false",
-            *s.rm_overrides,
-        ],
+        rm_overrides(s, sft_final, train_file, rm_dir),
     )
     rm_final = rm_dir / "final"
     cached = (rm_final / "reward_config.json").exists()

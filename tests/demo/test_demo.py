@@ -256,3 +256,22 @@ def test_sft_overrides_lower_the_lr_for_a_pretrained_lm(tmp_path: Path) -> None:
     assert lr() == 2e-3  # the shipped config's, for a random LM
     assert lr(language_steps=5) == PRETRAINED_LM_SFT_LR
     assert lr(language_steps=5, overrides=("train.lr=1e-3",)) == 1e-3  # the user's wins
+
+
+def test_the_demos_rm_stage_is_the_measured_one(tmp_path: Path) -> None:
+    """The demo's RM stage stays 150 steps of 8 queries on one thread in MM-RLHF's layout (its
+    measured results) whatever the standalone rm_critique.yaml trains; the user's overrides win."""
+    from mmrlhf.config import load_config
+    from mmrlhf.demo import REPO_CONFIGS, rm_overrides
+    from mmrlhf.training.reward import RewardConfig
+
+    def cfg(**kw: object) -> RewardConfig:
+        s = DemoSettings(out=tmp_path, **kw)  # type: ignore[arg-type]
+        ov = rm_overrides(s, tmp_path / "sft", tmp_path / "t.jsonl", tmp_path / "rm")
+        return load_config(RewardConfig, REPO_CONFIGS / "world" / "rm_critique.yaml", ov)
+
+    c = cfg()
+    assert (c.train.max_steps, c.train.batch_size, c.train.num_threads) == (150, 8, 1)
+    assert c.rm.type == "critique" and not c.rm.response_first
+    assert c.data.eval == "" and c.model.path == str(tmp_path / "sft")
+    assert cfg(rm_overrides=("train.batch_size=4",)).train.batch_size == 4
