@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from mmrlhf.cli.main import app
 from mmrlhf.data import derive_pairs, load_records
+from mmrlhf.data.record import Record, Response
 from mmrlhf.evaluation.judges.rule import RuleJudge
 from mmrlhf.world import (
     Glyph,
@@ -468,6 +470,23 @@ def test_safety_share_of_training_queries(small_world: World) -> None:
     assert len(recs) == 6
 
 
+def _same_labels(
+    xs: list[Record], ys: list[Record]
+) -> Iterator[tuple[Record, Record, Response, Response]]:
+    """Each response pair of two annotations of the same queries, after checking that rankings,
+    texts and scores agree (the critique options change critiques only)."""
+    for a, b in zip(xs, ys, strict=True):
+        assert a.ranking == b.ranking
+        for ra, rb in zip(a.responses, b.responses, strict=True):
+            assert ra.text == rb.text
+            assert (ra.helpfulness, ra.faithfulness, ra.ethics) == (
+                rb.helpfulness,
+                rb.faithfulness,
+                rb.ethics,
+            )
+            yield a, b, ra, rb
+
+
 def test_critiques_without_the_question_keep_every_label(small_world: World) -> None:
     """critique_quotes_question=False changes the critiques' openers only: no critique restates
     its question, and scores, reasons and rankings are the same as with it."""
@@ -478,18 +497,10 @@ def test_critiques_without_the_question_keep_every_label(small_world: World) -> 
     )
     assert len(quoted) == len(plain)
     n_quoted = 0
-    for a, b in zip(quoted, plain, strict=True):
-        assert a.ranking == b.ranking
-        for ra, rb in zip(a.responses, b.responses, strict=True):
-            assert ra.text == rb.text
-            assert (ra.helpfulness, ra.faithfulness, ra.ethics) == (
-                rb.helpfulness,
-                rb.faithfulness,
-                rb.ethics,
-            )
-            n_quoted += f'"{a.query}"' in ra.critique
-            assert f'"{b.query}"' not in rb.critique
-            assert ra.critique.split(". ")[-1] == rb.critique.split(". ")[-1]  # same verdict
+    for a, b, ra, rb in _same_labels(quoted, plain):
+        n_quoted += f'"{a.query}"' in ra.critique
+        assert f'"{b.query}"' not in rb.critique
+        assert ra.critique.split(". ")[-1] == rb.critique.split(". ")[-1]  # same verdict
     assert n_quoted > 100
     assert any(
         r.critique.startswith("The response answers the question correctly")
@@ -512,25 +523,17 @@ def test_critiques_that_state_the_claim_first_keep_every_label(small_world: Worl
         AnnotateConfig(noise=0.0, critique_quotes_question=False, critique_states_claim=True),
     )
     n_right = n_wrong = 0
-    for a, b in zip(plain, claim, strict=True):
-        assert a.ranking == b.ranking
-        for ra, rb in zip(a.responses, b.responses, strict=True):
-            assert ra.text == rb.text
-            assert (ra.helpfulness, ra.faithfulness, ra.ethics) == (
-                rb.helpfulness,
-                rb.faithfulness,
-                rb.ethics,
-            )
-            opener = "The response answers the question correctly: "
-            if ra.critique.startswith(opener):
-                n_right += 1
-                value = stated_value(b, rb.text, small_world.config)
-                said = value if value not in (None, "none") else f'"{rb.text.split(".")[0]}"'
-                rest = ra.critique.removeprefix(opener)
-                assert rb.critique == f"The response answers {said}, which is right: {rest}"
-            else:
-                n_wrong += ", which is wrong: " in ra.critique
-                assert rb.critique == ra.critique
+    for _, b, ra, rb in _same_labels(plain, claim):
+        opener = "The response answers the question correctly: "
+        if ra.critique.startswith(opener):
+            n_right += 1
+            value = stated_value(b, rb.text, small_world.config)
+            said = value if value not in (None, "none") else f'"{rb.text.split(".")[0]}"'
+            rest = ra.critique.removeprefix(opener)
+            assert rb.critique == f"The response answers {said}, which is right: {rest}"
+        else:
+            n_wrong += ", which is wrong: " in ra.critique
+            assert rb.critique == ra.critique
     assert n_right > 20 and n_wrong > 5, (n_right, n_wrong)
 
 
