@@ -732,6 +732,7 @@ def judge_response(
     # the critique's openers, with or without the question quoted
     req = f'The request "{q}"' if quote else "The request"
     qst = f'The question "{q}"' if quote else "The question"
+    subject = f'The question asks "{q}"; the response' if quote else "The response"
     a = judge.assess(q, text, scene, record, reference=truth, item_id=record.id)
     pad = padding(text, a.kind)
     padded = pad >= 2
@@ -841,26 +842,19 @@ def judge_response(
         if a.correct:
             help_ = 5
             reasons["helpfulness"] = "Answers the question directly."
-            if claim:
-                crit.append(
-                    (f'The question asks "{q}"; the response' if quote else "The response")
-                    + f" answers {_stated(record, text, cfg)}, which is right: {_lc(truth)}"
-                )
-            else:
-                crit.append(
-                    (
-                        f'The question asks "{q}", and the response answers it correctly: '
-                        if quote
-                        else "The response answers the question correctly: "
-                    )
-                    + _lc(truth)
-                )
+            opener = (
+                f"{subject} answers {_stated(record, text, cfg)}, which is right: "
+                if claim
+                else f'The question asks "{q}", and the response answers it correctly: '
+                if quote
+                else "The response answers the question correctly: "
+            )
+            crit.append(opener + _lc(truth))
         elif wrong:
             help_ = 2
             reasons["helpfulness"] = "Addresses the question but gives a wrong answer."
             crit.append(
-                (f'The question asks "{q}"; the response' if quote else "The response")
-                + f" answers {_stated(record, text, cfg)}, which is wrong: {_lc(truth)}"
+                f"{subject} answers {_stated(record, text, cfg)}, which is wrong: {_lc(truth)}"
             )
         else:
             help_ = 1 if a.refused else 2
