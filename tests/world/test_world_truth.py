@@ -133,6 +133,10 @@ def test_parsers() -> None:
     assert parse_position("nowhere") is None
     assert parse_position("top left", grid=2) == "top left"
     assert parse_position("top", grid=2) is None
+    # a second sentence about another object does not complete the answer's cell
+    two = "The triangle is at the bottom. There is a large cross on the left."
+    assert parse_position(two) == "bottom"
+    assert parse_position("I hope this helps. The cross is on the left.") == "left"
 
 
 def test_object_mentions_hand_computed() -> None:

@@ -210,9 +210,23 @@ def denies(text: str) -> bool:
     return any(w in NEGATIONS for w in _words(_first_sentence(text)))
 
 
+_POSITION_WORDS = frozenset(
+    ("top", "upper", "bottom", "lower", "left", "right", "center", "centre", "middle")
+)
+
+
 def parse_position(text: str, grid: int = 3) -> str | None:
-    """Cell name (``"top left"``, ``"center"`` ...) stated in ``text``, or ``None``."""
-    words = _words(text)
+    """Cell name (``"top left"``, ``"center"`` ...) stated in ``text``, or ``None``.
+
+    Read from the first sentence that names a place, so that a second sentence about another
+    object cannot complete the answer's cell: "The triangle is at the bottom. There is a cross
+    on the left." states ``"bottom"``, not ``"bottom left"``.
+    """
+    words: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        words = _words(sentence)
+        if _POSITION_WORDS.intersection(words):
+            break
     row = next((w for w in words if w in ("top", "upper", "bottom", "lower")), None)
     col = next((w for w in words if w in ("left", "right")), None)
     center = any(w in ("center", "centre", "middle") for w in words)
