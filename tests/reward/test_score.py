@@ -173,3 +173,23 @@ def test_rewardbench_without_images_is_a_clear_error(saved_rms, pref_data, tmp_p
     )
     assert res.exit_code == 2
     assert "images[0]: image file not found" in res.output
+
+
+def test_rewardbench_passes_the_sampling_temperature(saved_rms, pref_data, tmp_path):
+    # At temperature 0 "sample" draws the greedy critique every time, so its mean reward is the
+    # "generate" mode's reward; at the default temperature 1 the sampled critiques differ.
+    def rewards(tag: str, *opts: str) -> list[float]:
+        res = runner.invoke(
+            app,
+            ["eval", "rewardbench", "--rm", str(saved_rms["critique"]), "--data", str(pref_data)]
+            + ["--out", str(tmp_path / tag), "--no-progress", "--device", "cpu", *opts],
+        )
+        assert res.exit_code == 0, res.output
+        rows = (tmp_path / tag / "scored.jsonl").read_text().splitlines()
+        return [x["reward"] for line in rows for x in json.loads(line)["responses"]]
+
+    greedy = rewards("g", "--mode", "generate")
+    cold = rewards("t0", "--mode", "sample", "--samples", "2", "--temperature", "0")
+    hot = rewards("t1", "--mode", "sample", "--samples", "2")
+    assert cold == pytest.approx(greedy, abs=1e-5)
+    assert hot != pytest.approx(greedy, abs=1e-5)

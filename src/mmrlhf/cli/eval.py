@@ -416,6 +416,9 @@ def rewardbench_cmd(
         None, "--mode", help="Critique RM: generate (default), sample, given or none."
     ),
     samples: int = typer.Option(4, "--samples", min=1, help="Critiques per response (sample)."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", min=0.0, help="Sampling temperature (sample)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Responses per forward."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest critique."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
@@ -444,6 +447,7 @@ def rewardbench_cmd(
             records,
             mode=mode,
             n_samples=samples,
+            temperature=temperature,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             media_root=media_root or data.parent,
