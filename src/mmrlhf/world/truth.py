@@ -210,9 +210,10 @@ def denies(text: str) -> bool:
     return any(w in NEGATIONS for w in _words(_first_sentence(text)))
 
 
-_POSITION_WORDS = frozenset(
-    ("top", "upper", "bottom", "lower", "left", "right", "center", "centre", "middle")
-)
+_ROW_WORDS = ("top", "upper", "bottom", "lower")
+_COL_WORDS = ("left", "right")
+_CENTER_WORDS = ("center", "centre", "middle")
+_POSITION_WORDS = frozenset(_ROW_WORDS + _COL_WORDS + _CENTER_WORDS)
 
 
 def parse_position(text: str, grid: int = 3) -> str | None:
@@ -227,9 +228,9 @@ def parse_position(text: str, grid: int = 3) -> str | None:
         words = _words(sentence)
         if _POSITION_WORDS.intersection(words):
             break
-    row = next((w for w in words if w in ("top", "upper", "bottom", "lower")), None)
-    col = next((w for w in words if w in ("left", "right")), None)
-    center = any(w in ("center", "centre", "middle") for w in words)
+    row = next((w for w in words if w in _ROW_WORDS), None)
+    col = next((w for w in words if w in _COL_WORDS), None)
+    center = any(w in _CENTER_WORDS for w in words)
     if row is None and col is None and not center:
         return None
     r = {"top": 0, "upper": 0, "bottom": grid - 1, "lower": grid - 1}.get(row or "")
