@@ -193,3 +193,42 @@ def test_rewardbench_passes_the_sampling_temperature(saved_rms, pref_data, tmp_p
     hot = rewards("t1", "--mode", "sample", "--samples", "2")
     assert cold == pytest.approx(greedy, abs=1e-5)
     assert hot != pytest.approx(greedy, abs=1e-5)
+
+
+def test_beam_search_critiques_are_batch_invariant_and_not_greedy(saved_rms, pref_data):
+    # Beam search over a left-padded batch finds each item's critique as if it were alone (the
+    # padding is masked out of every beam), and it is a different decoder from greedy: on the
+    # untrained critic some critiques differ (this fails if num_beams were dropped).
+    from mmrlhf.models.inputs import load_media
+    from mmrlhf.reward.score import generate_critiques
+
+    rm = RewardModel.from_pretrained(saved_rms["critique"], device="cpu").eval()
+    recs = _records(pref_data, 3)
+    items = [(r, x.text, load_media(r, pref_data.parent)) for r in recs for x in r.responses]
+    beam = generate_critiques(rm, rm.processor, items, max_new_tokens=8, num_beams=4)
+    alone = [
+        generate_critiques(rm, rm.processor, [it], max_new_tokens=8, num_beams=4)[0] for it in items
+    ]
+    greedy = generate_critiques(rm, rm.processor, items, max_new_tokens=8)
+    assert beam == alone
+    assert any(b != g for b, g in zip(beam, greedy, strict=True))
+    with pytest.raises(ValueError, match="temperature 0"):
+        generate_critiques(rm, rm.processor, items[:1], num_beams=2, temperature=1.0)
+
+
+def test_cli_beams_reach_the_critic_and_need_generate_mode(saved_rms, pref_data, tmp_path):
+    from mmrlhf.models.inputs import load_media
+    from mmrlhf.reward.score import generate_critiques
+
+    base = ["eval", "rewardbench", "--rm", str(saved_rms["critique"]), "--data", str(pref_data)]
+    base += ["--no-progress", "--device", "cpu", "--max-new-tokens", "8"]
+    res = runner.invoke(app, base + ["--beams", "3", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    first = json.loads((tmp_path / "b" / "scored.jsonl").read_text().splitlines()[0])
+    rm = RewardModel.from_pretrained(saved_rms["critique"], device="cpu").eval()
+    rec = load_records(pref_data)[0][0]
+    items = [(rec, x.text, load_media(rec, pref_data.parent)) for x in rec.responses]
+    want = generate_critiques(rm, rm.processor, items, max_new_tokens=8, num_beams=3)
+    assert [x["critique"] for x in first["responses"]] == [c[0] for c in want]
+    res = runner.invoke(app, base + ["--beams", "3", "--mode", "sample"])
+    assert res.exit_code == 2 and "mode generate" in res.output

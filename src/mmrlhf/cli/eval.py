@@ -421,6 +421,12 @@ def rewardbench_cmd(
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Responses per forward."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest critique."),
+    beams: int = typer.Option(
+        1, "--beams", min=1, help="Critique RM, mode generate: beam search over this many beams."
+    ),
+    length_penalty: float = typer.Option(
+        1.0, "--length-penalty", help="Beam search: score = sum log p / length**this."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json and scored.jsonl."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -450,6 +456,8 @@ def rewardbench_cmd(
             temperature=temperature,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            num_beams=beams,
+            length_penalty=length_penalty,
             media_root=media_root or data.parent,
             out_path=out / "scored.jsonl" if out is not None else None,
             progress=progress,

@@ -10,7 +10,7 @@ import typer
 app = typer.Typer(help="Reward models: score preference data.", no_args_is_help=True)
 
 MODE_HELP = (
-    "Critique RM: generate (greedy critique, default), sample (mean over --samples sampled "
+    "Critique RM: generate (greedy or --beams critique, default), sample (mean over --samples sampled "
     "critiques), given (the data's critiques) or none (empty critique). Ignored by other RMs."
 )
 
@@ -24,6 +24,12 @@ def score(
     samples: int = typer.Option(4, "--samples", min=1, help="Critiques per response (sample)."),
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest critique."),
+    beams: int = typer.Option(
+        1, "--beams", min=1, help="Critique RM, mode generate: beam search over this many beams."
+    ),
+    length_penalty: float = typer.Option(
+        1.0, "--length-penalty", help="Beam search: score = sum log p / length**this."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Responses per forward."),
     media_root: Path = typer.Option(
         None, "--media-root", help="Folder image paths are relative to (default: DATA's folder)."
@@ -53,6 +59,8 @@ def score(
             n_samples=samples,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
+            num_beams=beams,
+            length_penalty=length_penalty,
             batch_size=batch_size,
             media_root=media_root or data.parent,
             pair_strategy=pairs,

@@ -7,8 +7,9 @@ explicit preferences, so ``margin="reward"`` and ``margin="given"`` both work do
 
 Critique RMs score with a critique appended (``mode``):
 
-- ``generate`` (default for the critique type): greedy, batched, KV-cached ``generate`` with left
-  padding, then the critique is appended and the score read at its end;
+- ``generate`` (default for the critique type): greedy (or, with ``num_beams > 1``, beam search),
+  batched, KV-cached ``generate`` with left padding, then the critique is appended and the score
+  read at its end;
 - ``sample``: ``n_samples`` critiques sampled per response (seeded); the reward is their mean;
 - ``given``: the data's ``Response.critique`` (the human / teacher critique);
 - ``none``: an empty critique.
@@ -52,9 +53,23 @@ def generate_critiques(
     max_new_tokens: int = 128,
     seed_fn: Callable[[], int] | None = None,
     max_length: int | None = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
 ) -> list[list[str]]:
     """``n`` critiques for each ``(record, response text, loaded media)``: one left-padded,
-    KV-cached ``generate`` call over all of them (``n`` copies of each prompt when sampling)."""
+    KV-cached ``generate`` call over all of them (``n`` copies of each prompt when sampling).
+
+    ``temperature == 0`` decodes greedily, or with ``num_beams > 1`` by beam search: the beam
+    whose sum of token log-probs divided by ``length ** length_penalty`` is highest. Why beams:
+    a greedy critic commits to its verdict ("..., which is wrong") before it has written the
+    image's value that the verdict should follow from; beam search lets the later tokens
+    overturn it (docs/reward.md, twentieth session). Cost: ``num_beams`` times the KV cache and
+    about 1.7x the time at 4 beams on the world.
+    """
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if num_beams > 1 and temperature > 0:
+        raise ValueError("num_beams > 1 is beam search: use it with temperature 0 (mode generate)")
     tok = processor.tokenizer
     prompts = []
     for rec, text, media in items:
@@ -80,7 +95,9 @@ def generate_critiques(
             torch.manual_seed(seed_fn())
         kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     else:
-        kwargs.update(do_sample=False)
+        kwargs.update(do_sample=False, num_beams=num_beams)
+        if num_beams > 1:
+            kwargs.update(length_penalty=length_penalty)
     out = rm.vlm.generate(**batch, **kwargs)
     texts = [
         tok.decode(ids, skip_special_tokens=True).strip()
@@ -118,6 +135,8 @@ def score_records(
     n_samples: int = 4,
     temperature: float = 1.0,
     max_new_tokens: int = 128,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
     batch_size: int = 16,
     media_root: str | Path | None = None,
     max_length: int | None = None,
@@ -131,12 +150,17 @@ def score_records(
     ``batch_size`` counts *responses* per forward (records are never split across chunks, so a
     chunk can exceed it by one record's responses). See the module docstring for ``mode``
     (default: ``generate`` for a critique RM, else ``none``, which non-critique RMs ignore).
+    ``num_beams`` / ``length_penalty``: beam search for ``generate`` (see ``generate_critiques``).
     """
     from tqdm.auto import tqdm
 
     mode = mode or default_mode(rm)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if num_beams > 1 and rm.spec.type == "critique" and mode != "generate":
+        raise ValueError(f"num_beams > 1 (beam search) is for mode generate, not {mode!r}")
     critique_rm = rm.spec.type == "critique"
     done: dict[str, Record] = {}
     if out_path is not None and Path(out_path).exists():
@@ -185,6 +209,8 @@ def score_records(
                         max_new_tokens=max_new_tokens,
                         seed_fn=seed_fn,
                         max_length=max_length,
+                        num_beams=num_beams if mode == "generate" else 1,
+                        length_penalty=length_penalty,
                     )
                     it = iter(flat)
                     crits = [[next(it) for _ in r.responses] for r in chunk]
