@@ -159,9 +159,9 @@ def score_records(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if num_beams > 1 and rm.spec.type == "critique" and mode != "generate":
-        raise ValueError(f"num_beams > 1 (beam search) is for mode generate, not {mode!r}")
     critique_rm = rm.spec.type == "critique"
+    if num_beams > 1 and critique_rm and mode != "generate":
+        raise ValueError(f"num_beams > 1 (beam search) is for mode generate, not {mode!r}")
     done: dict[str, Record] = {}
     if out_path is not None and Path(out_path).exists():
         for line in Path(out_path).read_text().splitlines():
@@ -209,7 +209,7 @@ def score_records(
                         max_new_tokens=max_new_tokens,
                         seed_fn=seed_fn,
                         max_length=max_length,
-                        num_beams=num_beams if mode == "generate" else 1,
+                        num_beams=num_beams,
                         length_penalty=length_penalty,
                     )
                     it = iter(flat)
