@@ -427,11 +427,24 @@ def rewardbench_cmd(
     length_penalty: float = typer.Option(
         1.0, "--length-penalty", help="Beam search: score = sum log p / length**this."
     ),
+    reference: str = typer.Option(
+        "generate",
+        "--reference",
+        help="Reference-guided critique RM: its reference answer is generated (its own, "
+        "greedy) or given (the record's best-ranked response, an oracle).",
+    ),
+    reference_model: Path = typer.Option(
+        None,
+        "--reference-model",
+        help="Reference-guided critique RM: this model (e.g. the SFT policy) writes the "
+        "generated references instead of the RM.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json and scored.jsonl."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score a reward bench with a reward model: Acc and Acc+ overall and per category."""
+    from mmrlhf.cli.reward import reference_writer
     from mmrlhf.data.io import load_records
     from mmrlhf.evaluation.metrics.rewardbench import rewardbench_metrics, rows_from_records
     from mmrlhf.models.reward import RewardModel
@@ -445,6 +458,7 @@ def rewardbench_cmd(
         # give --media-root where they are).
         records, _ = load_records(data, media_root=media_root, mode="strict")
         model = RewardModel.from_pretrained(rm, device=device)
+        writer = reference_writer(reference_model, device)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
         scored = score_records(
@@ -458,6 +472,8 @@ def rewardbench_cmd(
             max_new_tokens=max_new_tokens,
             num_beams=beams,
             length_penalty=length_penalty,
+            reference=reference,
+            reference_model=writer,
             media_root=media_root or data.parent,
             out_path=out / "scored.jsonl" if out is not None else None,
             progress=progress,

@@ -15,6 +15,15 @@ MODE_HELP = (
 )
 
 
+def reference_writer(path: Path | None, device: str) -> tuple[object, object] | None:
+    """``(vlm, processor)`` of ``--reference-model`` (None: the RM writes its own)."""
+    if path is None:
+        return None
+    from mmrlhf.models.load import ModelConfig, load_vlm
+
+    return load_vlm(ModelConfig(path=str(path), device=device), for_training=False)
+
+
 @app.command("score")
 def score(
     data: Path = typer.Argument(..., help="Preference records (any supported format)."),
@@ -29,6 +38,18 @@ def score(
     ),
     length_penalty: float = typer.Option(
         1.0, "--length-penalty", help="Beam search: score = sum log p / length**this."
+    ),
+    reference: str = typer.Option(
+        "generate",
+        "--reference",
+        help="Reference-guided critique RM: its reference answer is generated (its own, "
+        "greedy) or given (the record's best-ranked response, an oracle).",
+    ),
+    reference_model: Path = typer.Option(
+        None,
+        "--reference-model",
+        help="Reference-guided critique RM: this model (e.g. the SFT policy) writes the "
+        "generated references instead of the RM.",
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Responses per forward."),
     media_root: Path = typer.Option(
@@ -50,6 +71,7 @@ def score(
     try:
         records, _ = load_records(data, media_root=media_root)
         model = RewardModel.from_pretrained(rm, device=device)
+        writer = reference_writer(reference_model, device)
         out.parent.mkdir(parents=True, exist_ok=True)
         scored = score_records(
             model,
@@ -61,6 +83,8 @@ def score(
             max_new_tokens=max_new_tokens,
             num_beams=beams,
             length_penalty=length_penalty,
+            reference=reference,
+            reference_model=writer,
             batch_size=batch_size,
             media_root=media_root or data.parent,
             pair_strategy=pairs,

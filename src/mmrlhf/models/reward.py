@@ -71,6 +71,11 @@ class RewardTemplates:
     response_label: str = opt(
         "Response:", "response_first layout: label before the response in the question turn."
     )
+    reference_intro: str = opt(
+        "Here is a response to the same question.",
+        "reference-guided critique RM: the user turn after the model's own answer (the "
+        "reference) that introduces the response to judge.",
+    )
 
 
 @dataclass
@@ -94,6 +99,19 @@ class RewardSpec:
         "turn after it: with a template that puts the image after the turn's text (the tiny "
         "question-first model) every image token can then attend to the response's claims.",
     )
+    reference: bool = opt(
+        False,
+        "critique type: reference-guided critique. The model first answers the question itself "
+        "from the image and question alone (the reference: an assistant turn right after the "
+        "question, where it answers as it was fine-tuned to), then judges the response with "
+        "that answer in context (MT-Bench's reference-guided judge). Training uses the record's "
+        "best-ranked response as the reference and trains the model to write it.",
+    )
+    writes_reference: bool = opt(
+        True,
+        "reference type: the model was trained to write its reference (rm.reference_weight > "
+        "0). False: scoring needs another model to write it (e.g. the SFT policy).",
+    )
     templates: RewardTemplates = sub(RewardTemplates, "Prompt texts.")
 
     @property
@@ -108,13 +126,23 @@ class RewardSpec:
             out.append(f"head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
         if self.facts and self.type != "critique":
             out.append("facts=true is for the critique type (the fact type always has facts)")
+        if self.reference and self.type != "critique":
+            out.append("reference=true (reference-guided critique) is for the critique type")
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> RewardSpec:
         d = dict(d)
         templates = RewardTemplates(**d.pop("templates", {}))
-        keys = ("type", "head", "head_dropout", "facts", "response_first")
+        keys = (
+            "type",
+            "head",
+            "head_dropout",
+            "facts",
+            "response_first",
+            "reference",
+            "writes_reference",
+        )
         known = {k: d[k] for k in keys if k in d}
         return cls(**known, templates=templates)
 
@@ -179,19 +207,12 @@ class MissingFactsError(RecordError):
     """The fact RM was asked to score a record without facts."""
 
 
-def scoring_record(
-    record: Record, response: str, spec: RewardSpec, critique: str | None = None
-) -> tuple[Record, str]:
-    """``(prompt record, completion)``: what the RM reads for ``response`` to ``record``.
-
-    The completion is the labelled part: the response (scalar, fact) or the critique (critique;
-    ``critique=None`` gives the critique *generation* prompt: completion ``""`` and the caller
-    encodes with ``response=None``). The reward is read at the completion's last token.
-    """
-    t = spec.templates
+def question_turns(record: Record, spec: RewardSpec) -> list[Turn]:
+    """The record's conversation as the RM reads it: the facts (fact RM, critique RM with facts)
+    appended to the last user turn."""
     conv = list(record.conversation)
     if spec.uses_facts:
-        block = facts_block(record, t)
+        block = facts_block(record, spec.templates)
         if block is None:
             raise MissingFactsError(
                 "facts",
@@ -201,6 +222,59 @@ def scoring_record(
                 source=record.id,
             )
         conv[-1] = Turn("user", f"{conv[-1].text}\n\n{block}")
+    return conv
+
+
+def reference_record(record: Record, spec: RewardSpec) -> Record:
+    """The prompt a reference-guided critique RM answers to write its reference: the question
+    (with facts where the RM uses them) and the image, nothing of the response to judge - so
+    the answer is not pulled towards the response (MT-Bench's reason for answering first)."""
+    return Record(
+        id=record.id,
+        conversation=question_turns(record, spec),
+        responses=[],
+        images=record.images,
+        video=record.video,
+    )
+
+
+def best_response(record: Record) -> int | None:
+    """Index of the record's best response: the first of the ranking's top group, else the
+    first response that some pair prefers and none rejects; None when there is no such one."""
+    if record.ranking is not None:
+        return record.ranking.groups[0][0] if record.ranking.groups else None
+    pairs = [p for p in record.preferences if not p.is_tie]
+    rejected = {p.rejected for p in pairs}
+    for p in pairs:
+        if p.chosen not in rejected:
+            return p.chosen
+    return None
+
+
+def scoring_record(
+    record: Record,
+    response: str,
+    spec: RewardSpec,
+    critique: str | None = None,
+    reference: str | None = None,
+) -> tuple[Record, str]:
+    """``(prompt record, completion)``: what the RM reads for ``response`` to ``record``.
+
+    The completion is the labelled part: the response (scalar, fact) or the critique (critique;
+    ``critique=None`` gives the critique *generation* prompt: completion ``""`` and the caller
+    encodes with ``response=None``). The reward is read at the completion's last token.
+    ``reference`` (required with ``spec.reference``): the RM's own answer, an assistant turn
+    after the question, then a user turn that introduces the response to judge.
+    """
+    t = spec.templates
+    conv = question_turns(record, spec)
+    if spec.reference:
+        if reference is None:
+            raise ValueError(
+                f"record {record.id}: a reference-guided critique RM needs its reference answer "
+                "(mmrlhf.reward.score generates it)"
+            )
+        conv += [Turn("assistant", reference), Turn("user", t.reference_intro)]
     critique_text = critique if critique is not None else ""
     if spec.response_first:
         # The judge layout: question, response (and critique request) in one user turn, the
@@ -229,6 +303,7 @@ def encode_for_reward(
     spec: RewardSpec,
     *,
     critiques: list[str | None] | None = None,
+    reference: str | None = None,
     media_root: str | Path | None = None,
     max_length: int | None = None,
     truncate_response: bool = False,
@@ -238,7 +313,8 @@ def encode_for_reward(
 
     ``critiques[i]`` is the critique appended after ``responses[i]`` (critique type only; ``""``
     scores with an empty critique). ``None`` for the critique type means "generation prompt":
-    the example ends where the critique would start and has no labelled tokens.
+    the example ends where the critique would start and has no labelled tokens. ``reference``:
+    the record's reference answer (reference-guided critique RM), the same for every response.
     """
     if spec.type == "critique" and critiques is None:
         raise ValueError("the critique reward model needs critiques (None: generation prompt)")
@@ -246,7 +322,7 @@ def encode_for_reward(
     out = []
     for i, text in enumerate(responses):
         crit = critiques[i] if critiques is not None else None
-        prompt, completion = scoring_record(record, text, spec, crit)
+        prompt, completion = scoring_record(record, text, spec, crit, reference)
         gen_prompt = spec.type == "critique" and crit is None
         out.append(
             encode(
@@ -259,6 +335,30 @@ def encode_for_reward(
             )
         )
     return out
+
+
+def encode_reference(
+    record: Record,
+    processor: Any,
+    spec: RewardSpec,
+    reference: str | None,
+    *,
+    media: tuple[list[Any], list[Any]] | None = None,
+    media_root: str | Path | None = None,
+    max_length: int | None = None,
+    truncate_response: bool = False,
+) -> Example:
+    """The reference answer as an SFT example of :func:`reference_record` (its tokens
+    labelled); ``reference=None`` gives the generation prompt."""
+    media = media if media is not None else load_media(record, media_root)
+    return encode(
+        reference_record(record, spec),
+        reference,
+        processor,
+        images=media,
+        max_length=max_length,
+        truncate_response=truncate_response,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,12 +432,18 @@ class RewardModel(nn.Module):
         return out.hidden_states[-1]
 
     def forward(
-        self, batch: dict[str, Any], *, lm: bool = False, score_grad: float = 1.0
+        self,
+        batch: dict[str, Any],
+        *,
+        lm: bool = False,
+        score_grad: float = 1.0,
+        lm_weight: Tensor | None = None,
     ) -> RewardOutput:
         """Rewards ``[B]`` read at each sequence's last token (+ the LM loss sum on labelled
         tokens with ``lm=True``). ``score_grad`` scales the gradient that flows from the rewards
         into the backbone (the head always gets all of it): the forward values are unchanged,
-        ``h_read = s * h + (1 - s) * stop_grad(h)``; 0 trains the backbone by the LM loss alone."""
+        ``h_read = s * h + (1 - s) * stop_grad(h)``; 0 trains the backbone by the LM loss alone.
+        ``lm_weight [B]``: each row's weight on its tokens' LM loss (default 1)."""
         hidden = self.hidden_states(batch)  # [B, T, H]
         idx = last_token_index(batch["attention_mask"])  # [B]
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, H]
@@ -357,11 +463,13 @@ class RewardModel(nn.Module):
         target = labels[:, 1:][mask]  # [M]
         h = hidden[:, :-1][mask]  # [M, H]
         logits = _base_vlm(self.vlm).lm_head(h).float()  # [M, V]
-        loss_sum = (
-            F.cross_entropy(logits, target, reduction="sum")
-            if len(target)
-            else (hidden.sum() * 0.0)
-        )
+        if not len(target):
+            loss_sum = hidden.sum() * 0.0
+        else:
+            ce = F.cross_entropy(logits, target, reduction="none")  # [M]
+            if lm_weight is not None:
+                ce = ce * lm_weight.to(ce.dtype)[:, None].expand_as(mask)[mask]
+            loss_sum = ce.sum()
         correct = int((logits.argmax(-1) == target).sum()) if len(target) else 0
         return RewardOutput(rewards, loss_sum, int(mask.sum()), correct)
 
@@ -456,8 +564,11 @@ __all__ = [
     "RewardOutput",
     "RewardSpec",
     "RewardTemplates",
+    "best_response",
     "encode_for_reward",
+    "encode_reference",
     "facts_block",
     "last_token_index",
+    "reference_record",
     "scoring_record",
 ]

@@ -17,6 +17,11 @@ Critique RMs score with a critique appended (``mode``):
 A generated critique is written to ``Response.critique``; a human critique it replaces is kept
 in ``Response.meta["human_critique"]``.
 
+A reference-guided critique RM (``RewardSpec.reference``) first writes its own answer to each
+record's question (greedy, one per record, from the question and image alone), then critiques
+every response with it in context; ``reference="given"`` uses the record's best-ranked response
+instead (an oracle, for analysis). The reference is written to ``Record.meta["rm_reference"]``.
+
 Resumable: with ``out_path`` each scored record is appended as a JSONL line as soon as its chunk
 finishes, and records whose id is already in the file are not scored again.
 """
@@ -33,9 +38,16 @@ import torch
 from mmrlhf.data.pairs import derive_pairs
 from mmrlhf.data.record import Preference, Record
 from mmrlhf.models.inputs import collate, load_media
-from mmrlhf.models.reward import RewardModel, encode_for_reward
+from mmrlhf.models.reward import (
+    RewardModel,
+    RewardSpec,
+    best_response,
+    encode_for_reward,
+    encode_reference,
+)
 
 MODES = ("generate", "sample", "given", "none")
+REFERENCES = ("generate", "given")
 
 
 def default_mode(rm: RewardModel) -> str:
@@ -55,9 +67,11 @@ def generate_critiques(
     max_length: int | None = None,
     num_beams: int = 1,
     length_penalty: float = 1.0,
+    references: Sequence[str | None] | None = None,
 ) -> list[list[str]]:
     """``n`` critiques for each ``(record, response text, loaded media)``: one left-padded,
     KV-cached ``generate`` call over all of them (``n`` copies of each prompt when sampling).
+    ``references[i]``: item ``i``'s reference answer (reference-guided critique RM).
 
     ``temperature == 0`` decodes greedily, or with ``num_beams > 1`` by beam search: the beam
     whose sum of token log-probs divided by ``length ** length_penalty`` is highest. Why beams:
@@ -71,8 +85,9 @@ def generate_critiques(
     if num_beams > 1 and temperature > 0:
         raise ValueError("num_beams > 1 is beam search: use it with temperature 0 (mode generate)")
     tok = processor.tokenizer
+    refs = list(references) if references is not None else [None] * len(items)
     prompts = []
-    for rec, text, media in items:
+    for (rec, text, media), ref in zip(items, refs, strict=True):
         prompts += (
             encode_for_reward(
                 rec,
@@ -80,6 +95,7 @@ def generate_critiques(
                 processor,
                 rm.spec,
                 critiques=[None],
+                reference=ref,
                 media=media,
                 max_length=max_length,
             )
@@ -104,6 +120,49 @@ def generate_critiques(
         for ids in out[:, batch["input_ids"].shape[1] :]
     ]
     return [texts[i * n : (i + 1) * n] for i in range(len(items))]
+
+
+@torch.no_grad()
+def generate_references(
+    vlm: torch.nn.Module,
+    processor: Any,
+    spec: RewardSpec,
+    items: Sequence[tuple[Record, tuple[list, list]]],
+    *,
+    max_new_tokens: int = 128,
+    max_length: int | None = None,
+) -> list[str]:
+    """The reference answer to each ``(record, loaded media)`` for a reference-guided critique
+    RM of ``spec``, written by ``vlm`` (the RM's own ``rm.vlm``, or a separate model such as
+    the SFT policy, with its own ``processor``): greedy, one left-padded KV-cached ``generate``
+    call, from the question and image alone (no response in context, so the answer is not
+    pulled towards the one being judged)."""
+    tok = processor.tokenizer
+    prompts = [
+        encode_reference(rec, processor, spec, None, media=media, max_length=max_length)
+        for rec, media in items
+    ]
+    batch = collate(prompts, tok.pad_token_id, padding_side="left")
+    batch.pop("labels")
+    device = next(vlm.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = vlm.generate(
+        **batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, do_sample=False
+    )
+    return [
+        tok.decode(ids, skip_special_tokens=True).strip()
+        for ids in out[:, batch["input_ids"].shape[1] :]
+    ]
+
+
+def _given_reference(rec: Record) -> str:
+    best = best_response(rec)
+    if best is None:
+        raise ValueError(
+            f"record {rec.id}: reference=given needs a best response (a ranking, or a response "
+            "some pair prefers and none rejects)"
+        )
+    return rec.responses[best].text
 
 
 def _apply_rewards(rec: Record, rewards: list[float], pair_strategy: str) -> None:
@@ -137,6 +196,8 @@ def score_records(
     max_new_tokens: int = 128,
     num_beams: int = 1,
     length_penalty: float = 1.0,
+    reference: str = "generate",
+    reference_model: tuple[torch.nn.Module, Any] | None = None,
     batch_size: int = 16,
     media_root: str | Path | None = None,
     max_length: int | None = None,
@@ -151,6 +212,10 @@ def score_records(
     chunk can exceed it by one record's responses). See the module docstring for ``mode``
     (default: ``generate`` for a critique RM, else ``none``, which non-critique RMs ignore).
     ``num_beams`` / ``length_penalty``: beam search for ``generate`` (see ``generate_critiques``).
+    ``reference``: how a reference-guided critique RM gets its reference answer, ``generate``
+    (its own, greedy) or ``given`` (the record's best response); other RMs ignore it.
+    ``reference_model``: ``(vlm, processor)`` that writes the references instead of the RM
+    (``generate``), e.g. the SFT model, for an RM trained with ``rm.reference_weight=0``.
     """
     from tqdm.auto import tqdm
 
@@ -162,6 +227,16 @@ def score_records(
     critique_rm = rm.spec.type == "critique"
     if num_beams > 1 and critique_rm and mode != "generate":
         raise ValueError(f"num_beams > 1 (beam search) is for mode generate, not {mode!r}")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    guided = critique_rm and rm.spec.reference
+    needs_writer = guided and reference == "generate" and reference_model is None
+    if needs_writer and not rm.spec.writes_reference:
+        raise ValueError(
+            "this reference-guided critique RM was trained without learning to write its "
+            "references (rm.reference_weight=0): give a model that writes them (reference_"
+            "model / --reference-model, e.g. the SFT model) or use reference=given"
+        )
     done: dict[str, Record] = {}
     if out_path is not None and Path(out_path).exists():
         for line in Path(out_path).read_text().splitlines():
@@ -190,6 +265,24 @@ def score_records(
             if not chunk:
                 continue
             media = [load_media(r, media_root) for r in chunk]
+            # 0. Reference answers (reference-guided critique RM): one per record, before any
+            #    critique, so that the response to judge is not in their context.
+            refs: list[str | None] = [None] * len(chunk)
+            if guided:
+                if reference == "generate":
+                    writer, writer_proc = reference_model or (rm.vlm, processor)
+                    refs = list(
+                        generate_references(
+                            writer,
+                            writer_proc,
+                            rm.spec,
+                            list(zip(chunk, media, strict=True)),
+                            max_new_tokens=max_new_tokens,
+                            max_length=max_length,
+                        )
+                    )
+                else:
+                    refs = [_given_reference(r) for r in chunk]
             # 1. Critiques (critique RM): generated for all responses of the chunk in one call.
             crits: list[list[list[str]]] = []  # [record][response][sample]
             if critique_rm:
@@ -199,6 +292,9 @@ def score_records(
                         (r, x.text, m)
                         for r, m in zip(chunk, media, strict=True)
                         for x in r.responses
+                    ]
+                    item_refs = [
+                        ref for r, ref in zip(chunk, refs, strict=True) for _ in r.responses
                     ]
                     flat = generate_critiques(
                         rm,
@@ -211,6 +307,7 @@ def score_records(
                         max_length=max_length,
                         num_beams=num_beams,
                         length_penalty=length_penalty,
+                        references=item_refs,
                     )
                     it = iter(flat)
                     crits = [[next(it) for _ in r.responses] for r in chunk]
@@ -236,6 +333,7 @@ def score_records(
                             processor,
                             rm.spec,
                             critiques=[c] if critique_rm else None,
+                            reference=refs[ri],
                             media=m,
                             max_length=max_length,
                             truncate_response=True,
@@ -250,6 +348,8 @@ def score_records(
                 sums.setdefault(o, []).append(v)
             for ri, r in enumerate(chunk):
                 vals = [sum(sums[(ri, k)]) / len(sums[(ri, k)]) for k in range(r.k)]
+                if guided:
+                    r.meta["rm_reference"] = refs[ri]
                 if critique_rm and mode in ("generate", "sample"):
                     for k, x in enumerate(r.responses):
                         if x.critique is not None and "human_critique" not in x.meta:

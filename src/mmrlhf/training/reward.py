@@ -11,6 +11,9 @@ Loss of an optimizer step (METHODS.md section 4)::
     mean_pairs BT(r_c - r_r - margin) + centring * mean_pairs (r_c + r_r)^2
     + tie_weight * mean_ties (r_a - r_b)^2 + lambda_critique * token-mean LM loss on critiques
 
+(a reference-guided critique RM, ``rm.reference``, adds its reference answers' tokens to that LM
+token mean: one extra sequence per query, the best response after the question).
+
 Each mean is over the *whole* step (all micro-batches and processes): a micro-batch's pair terms
 are weighted by its share of the step's pairs and its LM sum divided by the step's critique
 tokens, so gradient accumulation is exact.
@@ -45,7 +48,9 @@ from mmrlhf.models.reward import (
     RewardModel,
     RewardSpec,
     RewardTemplates,
+    best_response,
     encode_for_reward,
+    encode_reference,
     facts_block,
 )
 from mmrlhf.training.common import (
@@ -121,6 +126,19 @@ class RMConfig:
         "The response in the question turn before the image (with a question-first template, "
         "image tokens then see it), read at an empty assistant turn; critique after it.",
     )
+    reference: bool = opt(
+        False,
+        "critique type: reference-guided critique - answer the question first (the record's "
+        "best-ranked response is the reference it learns to write, LM loss), then critique the "
+        "response with that answer in context (see RewardSpec.reference).",
+    )
+    reference_weight: float = opt(
+        1.0,
+        "reference-guided critique RM: weight of a reference-answer token in the LM term "
+        "relative to a critique token (the reference is short and its tokens few). 0: no "
+        "reference row; the RM does not learn to write references and scoring takes them from "
+        "another model (mmrlhf reward score --reference-model, e.g. the SFT model).",
+    )
     centring: float = opt(0.01, "Weight c of c * mean((r_chosen + r_rejected)^2) (MM-RLHF: 0.01).")
     tie_weight: float = opt(1.0, "Weight of mean((r_a - r_b)^2) over tie pairs (data.ties=keep).")
     lambda_critique: float = opt(1.0, "critique RM: weight of the token-mean LM loss on critiques.")
@@ -142,6 +160,8 @@ class RMConfig:
         out = self.spec().validate()
         if not 0 <= self.score_grad <= 1:
             out.append(f"score_grad must be in [0, 1], got {self.score_grad}")
+        if self.reference_weight < 0:
+            out.append(f"reference_weight must be >= 0, got {self.reference_weight}")
         if not 0 <= self.critique_dropout < 1:
             out.append(f"critique_dropout must be in [0, 1), got {self.critique_dropout}")
         return out
@@ -153,6 +173,8 @@ class RMConfig:
             head_dropout=self.head_dropout,
             facts=self.facts,
             response_first=self.response_first,
+            reference=self.reference,
+            writes_reference=self.reference_weight > 0 and self.lambda_critique > 0,
             templates=self.templates,
         )
 
@@ -196,6 +218,7 @@ class RMItem:
     margin: list[float]
     tie_a: list[int]
     tie_b: list[int]
+    reference: str | None = None  # reference-guided critique RM: the best response's text
 
 
 class PairDataError(RecordError):
@@ -209,7 +232,8 @@ def prepare_items(
 
     Skipped (strict: raised naming the record): fewer than 2 distinct responses; pairs whose two
     responses have identical text; records whose responses are all tied (no pairs); records
-    without facts (fact RM) or with a response without critique (critique RM).
+    without facts (fact RM) or with a response without critique (critique RM); records without
+    a best response (reference-guided critique RM: every pair's chosen is rejected elsewhere).
     """
     strict = data.strict if strict is None else strict
     counts: Counter = Counter()
@@ -253,7 +277,20 @@ def prepare_items(
                     "the critique reward model trains on critiques; a response has none",
                 )
                 continue
-        item = RMItem(rec, texts, crits, [], [], [], [], [])
+        reference = None
+        if spec.reference:
+            best = best_response(rec)
+            if best is None:
+                skip(
+                    rec,
+                    "no_best_response",
+                    "ranking",
+                    "the reference-guided critique RM learns to write the best response; this "
+                    "record's preferences have none that no pair rejects",
+                )
+                continue
+            reference = rec.responses[best].text
+        item = RMItem(rec, texts, crits, [], [], [], [], [], reference)
         for p in derive_pairs(rec, data.pairs, data.ties, margin_kind):
             a, b = slot[rec.responses[p.chosen].text], slot[rec.responses[p.rejected].text]
             if a == b:
@@ -288,7 +325,14 @@ def report_skips(counts: Counter, where: str) -> None:
 
 
 class RMDataset(Dataset):
-    """Items encoded on access: every distinct response once, media loaded once per record."""
+    """Items encoded on access: every distinct response once, media loaded once per record.
+
+    ``train_reference`` (reference-guided critique RM, LM training): one more row per record
+    after its responses, the reference answer as an SFT example (question and image, the best
+    response labelled). It is in no pair; its tokens join the LM term's token mean. Without it
+    the critique LM loss alone overwrites the answering skill the reference is written with
+    (measured on the world: none of 300 references right after 3200 steps; docs/reward.md).
+    """
 
     def __init__(
         self,
@@ -300,8 +344,10 @@ class RMDataset(Dataset):
         critique_mode: str = "given",
         critique_dropout: float = 0.0,
         seed: int = 0,
+        train_reference: bool = False,
     ) -> None:
         self.items, self.processor, self.media_root = items, processor, media_root
+        self.train_reference = train_reference
         self.spec, self.data, self.critique_mode = spec, data, critique_mode
         self.critique_dropout, self.seed = critique_dropout, seed
         # Set by the loop before each epoch's loader: the dropped critiques change per epoch
@@ -324,19 +370,33 @@ class RMDataset(Dataset):
                 rng = random.Random(f"{self.seed}:{self.epoch}:{i}")
                 dropped = [rng.random() < self.critique_dropout for _ in it.texts]
                 crits = ["" if d else c for c, d in zip(crits, dropped, strict=True)]
+        media = load_media(it.record, self.media_root)
         exs = encode_for_reward(
             it.record,
             it.texts,
             self.processor,
             self.spec,
             critiques=crits,
-            media=load_media(it.record, self.media_root),
+            reference=it.reference,
+            media=media,
             max_length=self.data.max_length,
             truncate_response=self.data.truncate_response,
         )
         for ex, d in zip(exs, dropped, strict=True):
             if d:  # scored with an empty critique: nothing to learn to write
                 ex.labels = torch.full_like(ex.labels, IGNORE_INDEX)
+        if self.train_reference:
+            exs.append(
+                encode_reference(
+                    it.record,
+                    self.processor,
+                    self.spec,
+                    it.reference,
+                    media=media,
+                    max_length=self.data.max_length,
+                    truncate_response=self.data.truncate_response,
+                )
+            )
         return exs, it
 
 
@@ -344,13 +404,15 @@ def collate_items(batch: list[tuple[list[Example], RMItem]], pad_id: int) -> dic
     """Records -> one padded batch of all their distinct responses + global index pairs.
 
     Returns the model inputs plus ``pairs``: ``chosen``/``rejected``/``margin``/``item`` ``[P]``
-    and ``tie_a``/``tie_b`` ``[T]`` indexing the batch's rows (``item``: the pair's record).
+    and ``tie_a``/``tie_b`` ``[T]`` indexing the batch's rows (``item``: the pair's record), and
+    ``reference_rows [B]``: the rows after a record's responses (its reference answer).
     """
     exs: list[Example] = []
-    ch, rj, mg, ta, tb, owner = [], [], [], [], [], []
+    ch, rj, mg, ta, tb, owner, ref_rows = [], [], [], [], [], [], []
     for k, (e, it) in enumerate(batch):
         off = len(exs)
         exs += e
+        ref_rows += [j >= len(it.texts) for j in range(len(e))]
         ch += [off + c for c in it.chosen]
         rj += [off + r for r in it.rejected]
         mg += it.margin
@@ -365,6 +427,7 @@ def collate_items(batch: list[tuple[list[Example], RMItem]], pad_id: int) -> dic
         "tie_a": torch.tensor(ta, dtype=torch.long),
         "tie_b": torch.tensor(tb, dtype=torch.long),
         "item": torch.tensor(owner, dtype=torch.long),  # [P] which record of the batch
+        "reference_rows": torch.tensor(ref_rows, dtype=torch.bool),  # [B]
     }
     return out
 
@@ -448,6 +511,9 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
         dc,
         critique_dropout=cfg.rm.critique_dropout,
         seed=tc.seed,
+        train_reference=spec.reference
+        and cfg.rm.lambda_critique > 0
+        and cfg.rm.reference_weight > 0,
     )
     eval_ds = None
     if dc.eval:
@@ -543,8 +609,13 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
                 pairs = b.pop("pairs")
                 sync = j == len(micro) - 1
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+                lm_weight = None
+                if cfg.rm.reference_weight != 1.0:
+                    lm_weight = (
+                        1.0 + (cfg.rm.reference_weight - 1.0) * pairs["reference_rows"].float()
+                    )
                 with ctx, accelerator.autocast():
-                    out = model(b, lm=use_lm, score_grad=cfg.rm.score_grad)
+                    out = model(b, lm=use_lm, score_grad=cfg.rm.score_grad, lm_weight=lm_weight)
                     r = out.rewards.float()  # [N] one per distinct response
                     empty = pairs["tie_a"][:0]
                     lp, mp = reward_loss(
