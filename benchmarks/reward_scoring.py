@@ -78,14 +78,19 @@ def bench_scoring(
     n: int,
     batch_size: int,
     max_new_tokens: int,
+    reference: bool = False,
 ) -> dict:
+    """``reference``: a reference-guided critique RM (it writes one answer per query first)."""
     from mmrlhf.models.reward import RewardModel, RewardSpec
     from mmrlhf.reward.score import score_records
 
     records, _ = load_records(data, media_root=world)
     records = records[:n]
     rm = RewardModel.from_pretrained(
-        model, init_head=True, spec=RewardSpec(type=rm_type), device="cpu"
+        model,
+        init_head=True,
+        spec=RewardSpec(type=rm_type, reference=reference, response_first=reference),
+        device="cpu",
     )
     t0 = time.perf_counter()
     score_records(
@@ -103,6 +108,7 @@ def bench_scoring(
     out = {
         "type": rm_type,
         "mode": mode,
+        **({"reference": True} if reference else {}),
         "responses": n_resp,
         "seconds": round(dt, 2),
         "responses_per_s": round(n_resp / dt, 1),
@@ -172,8 +178,10 @@ def main() -> None:
         data = world_preference_proxy(args.world, tmp / "prefs.jsonl", limit=max(args.records, 400))
         result: dict = {"threads": torch.get_num_threads(), "scoring": [], "training": []}
         for t in types:
-            modes = ["generate", "given", "none"] if t == "critique" else ["none"]
-            for m in modes:
+            modes = [("none", False)]
+            if t == "critique":
+                modes = [("generate", False), ("generate", True), ("given", False), ("none", False)]
+            for m, ref in modes:
                 result["scoring"].append(
                     bench_scoring(
                         args.model,
@@ -184,6 +192,7 @@ def main() -> None:
                         args.records,
                         args.batch_size,
                         args.max_new_tokens,
+                        reference=ref,
                     )
                 )
         for t in types if args.train_steps else []:
