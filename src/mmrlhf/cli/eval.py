@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from mmrlhf.cli.reward import REFERENCE_HELP, REFERENCE_MODEL_HELP, reference_writer
+
 app = typer.Typer(
     help="Evaluation: generate + score, re-score answer files, compare runs.", no_args_is_help=True
 )
@@ -427,24 +429,13 @@ def rewardbench_cmd(
     length_penalty: float = typer.Option(
         1.0, "--length-penalty", help="Beam search: score = sum log p / length**this."
     ),
-    reference: str = typer.Option(
-        "generate",
-        "--reference",
-        help="Reference-guided critique RM: its reference answer is generated (its own, "
-        "greedy) or given (the record's best-ranked response, an oracle).",
-    ),
-    reference_model: Path = typer.Option(
-        None,
-        "--reference-model",
-        help="Reference-guided critique RM: this model (e.g. the SFT policy) writes the "
-        "generated references instead of the RM.",
-    ),
+    reference: str = typer.Option("generate", "--reference", help=REFERENCE_HELP),
+    reference_model: Path = typer.Option(None, "--reference-model", help=REFERENCE_MODEL_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json and scored.jsonl."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score a reward bench with a reward model: Acc and Acc+ overall and per category."""
-    from mmrlhf.cli.reward import reference_writer
     from mmrlhf.data.io import load_records
     from mmrlhf.evaluation.metrics.rewardbench import rewardbench_metrics, rows_from_records
     from mmrlhf.models.reward import RewardModel

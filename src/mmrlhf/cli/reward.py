@@ -15,6 +15,16 @@ MODE_HELP = (
 )
 
 
+REFERENCE_HELP = (
+    "Reference-guided critique RM: its reference answer is generated (its own, greedy) or given "
+    "(the record's best-ranked response, an oracle)."
+)
+REFERENCE_MODEL_HELP = (
+    "Reference-guided critique RM: this model (e.g. the SFT policy) writes the generated "
+    "references instead of the RM."
+)
+
+
 def reference_writer(path: Path | None, device: str) -> tuple[object, object] | None:
     """``(vlm, processor)`` of ``--reference-model`` (None: the RM writes its own)."""
     if path is None:
@@ -39,18 +49,8 @@ def score(
     length_penalty: float = typer.Option(
         1.0, "--length-penalty", help="Beam search: score = sum log p / length**this."
     ),
-    reference: str = typer.Option(
-        "generate",
-        "--reference",
-        help="Reference-guided critique RM: its reference answer is generated (its own, "
-        "greedy) or given (the record's best-ranked response, an oracle).",
-    ),
-    reference_model: Path = typer.Option(
-        None,
-        "--reference-model",
-        help="Reference-guided critique RM: this model (e.g. the SFT policy) writes the "
-        "generated references instead of the RM.",
-    ),
+    reference: str = typer.Option("generate", "--reference", help=REFERENCE_HELP),
+    reference_model: Path = typer.Option(None, "--reference-model", help=REFERENCE_MODEL_HELP),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Responses per forward."),
     media_root: Path = typer.Option(
         None, "--media-root", help="Folder image paths are relative to (default: DATA's folder)."

@@ -101,11 +101,7 @@ def generate_critiques(
             )
             * n
         )
-    batch = collate(prompts, tok.pad_token_id, padding_side="left")
-    batch.pop("labels")
-    device = next(rm.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     if temperature > 0:
         if seed_fn is not None:
             torch.manual_seed(seed_fn())
@@ -114,12 +110,21 @@ def generate_critiques(
         kwargs.update(do_sample=False, num_beams=num_beams)
         if num_beams > 1:
             kwargs.update(length_penalty=length_penalty)
-    out = rm.vlm.generate(**batch, **kwargs)
-    texts = [
+    texts = _generate(rm.vlm, tok, prompts, **kwargs)
+    return [texts[i * n : (i + 1) * n] for i in range(len(items))]
+
+
+def _generate(vlm: torch.nn.Module, tok: Any, prompts: list, **kwargs: Any) -> list[str]:
+    """Left-padded batch of generation prompts -> ``vlm.generate`` -> the new text per row."""
+    batch = collate(prompts, tok.pad_token_id, padding_side="left")
+    batch.pop("labels")
+    device = next(vlm.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = vlm.generate(**batch, pad_token_id=tok.pad_token_id, **kwargs)
+    return [
         tok.decode(ids, skip_special_tokens=True).strip()
         for ids in out[:, batch["input_ids"].shape[1] :]
     ]
-    return [texts[i * n : (i + 1) * n] for i in range(len(items))]
 
 
 @torch.no_grad()
@@ -142,17 +147,7 @@ def generate_references(
         encode_reference(rec, processor, spec, None, media=media, max_length=max_length)
         for rec, media in items
     ]
-    batch = collate(prompts, tok.pad_token_id, padding_side="left")
-    batch.pop("labels")
-    device = next(vlm.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    out = vlm.generate(
-        **batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, do_sample=False
-    )
-    return [
-        tok.decode(ids, skip_special_tokens=True).strip()
-        for ids in out[:, batch["input_ids"].shape[1] :]
-    ]
+    return _generate(vlm, tok, prompts, max_new_tokens=max_new_tokens, do_sample=False)
 
 
 def _given_reference(rec: Record) -> str:
