@@ -163,7 +163,14 @@ def bench_training(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", type=Path, required=True)
-    ap.add_argument("--model", type=Path, required=True, help="A tiny VLM (or SFT) folder.")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="A tiny VLM or SFT folder, or a trained critique RM's folder: an SFT model stops its "
+        "critiques after a few tokens, a trained critic writes them at full length (its head is "
+        "re-initialised; only the speed is measured).",
+    )
     ap.add_argument("--records", type=int, default=64, help="Queries scored per measurement.")
     ap.add_argument("--batch-size", type=int, default=32, help="Responses per scoring forward.")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="Longest generated critique.")
