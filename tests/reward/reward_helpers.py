@@ -7,7 +7,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mmrlhf.config import load_config
 from mmrlhf.data.record import Facts, ImageRef, Ranking, Record, Response
+from mmrlhf.training.reward import RewardConfig
 
 COLORS = {"red": (220, 30, 30), "blue": (40, 60, 220), "green": (30, 180, 40)}
 
@@ -56,3 +58,25 @@ def make_preference_set(
             )
             f.write(json.dumps(rec.to_dict()) + "\n")
     return root / name
+
+
+def rm_config(model: Path | str, data: Path | str, out: Path | str, *extra: str) -> RewardConfig:
+    """The tests' reward config: the tiny model on CPU, 8 queries a step, lr 3e-3, no
+    TensorBoard or progress bar, a log line per step; ``extra`` dotted overrides come last."""
+    return load_config(
+        RewardConfig,
+        None,
+        [
+            f"model.path={model}",
+            "model.device=cpu",
+            f"data.train={data}",
+            f"train.output_dir={out}",
+            "train.batch_size=8",
+            "train.lr=3e-3",
+            "train.warmup_ratio=0.1",
+            "train.tensorboard=false",
+            "train.progress=false",
+            "train.log_every=1",
+            *extra,
+        ],
+    )

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from reward_helpers import rm_config
 from typer.testing import CliRunner
 
 from mmrlhf.cli.main import app
-from mmrlhf.config import load_config
 from mmrlhf.data.io import load_records
 from mmrlhf.data.record import Preference, Ranking, Record, Response
 from mmrlhf.models.inputs import IGNORE_INDEX, collate, encode, load_media
@@ -24,7 +24,6 @@ from mmrlhf.models.reward import (
 )
 from mmrlhf.reward.score import generate_references, score_records
 from mmrlhf.training.reward import (
-    RewardConfig,
     RewardDataConfig,
     RMDataset,
     collate_items,
@@ -74,24 +73,8 @@ def test_layout_question_reference_then_response_and_request():
 
 
 def _cfg(tiny_models, pref_data, out="unused", *extra):
-    return load_config(
-        RewardConfig,
-        None,
-        [
-            f"model.path={tiny_models['llava']}",
-            "model.device=cpu",
-            f"data.train={pref_data}",
-            f"train.output_dir={out}",
-            "rm.type=critique",
-            "rm.reference=true",
-            "train.batch_size=8",
-            "train.lr=3e-3",
-            "train.warmup_ratio=0.1",
-            "train.tensorboard=false",
-            "train.progress=false",
-            "train.log_every=1",
-            *extra,
-        ],
+    return rm_config(
+        tiny_models["llava"], pref_data, out, "rm.type=critique", "rm.reference=true", *extra
     )
 
 

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from reward_helpers import make_preference_set
+from reward_helpers import make_preference_set, rm_config
 
-from mmrlhf.config import load_config
 from mmrlhf.models.reward import RewardModel
 from mmrlhf.training.common import list_checkpoints
-from mmrlhf.training.reward import RewardConfig, run_reward
+from mmrlhf.training.reward import run_reward
 
 
 @pytest.fixture(scope="module")
@@ -18,23 +17,7 @@ def short_facts(tmp_path_factory):
 
 
 def _cfg(model, data, out, *extra):
-    return load_config(
-        RewardConfig,
-        None,
-        [
-            f"model.path={model}",
-            "model.device=cpu",
-            f"data.train={data}",
-            f"train.output_dir={out}",
-            "train.batch_size=8",
-            "train.lr=3e-3",
-            "train.warmup_ratio=0.1",
-            "train.tensorboard=false",
-            "train.progress=false",
-            "train.log_every=1",
-            *extra,
-        ],
-    )
+    return rm_config(model, data, out, *extra)
 
 
 # Steps each type needs on the random tiny model (measured): the critique's "correct"/"wrong"
