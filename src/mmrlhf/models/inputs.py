@@ -46,6 +46,9 @@ class Example:
     prompt_length: int
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_token_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # (T,) each
+    # (T,) weight of each labelled token in an LM loss (1 elsewhere); None: all 1. Set by
+    # encode(weight_spans=...); read by the critique RM's LM term (rm.critique_focus).
+    label_weights: torch.Tensor | None = None
 
     @property
     def num_response_tokens(self) -> int:
@@ -148,9 +151,13 @@ def encode(
     max_length: int | None = None,
     truncate_response: bool = False,
     images: tuple[list[Any], list[Any]] | None = None,
+    weight_spans: tuple[Sequence[tuple[int, int]], float] | None = None,
 ) -> Example:
     """Encode ``record`` with ``response`` (text, index into ``record.responses``, or None for a
     generation prompt).
+
+    ``weight_spans = (spans, w)``: character spans ``[start, end)`` of the response text; every
+    labelled token overlapping one gets weight ``w`` in ``Example.label_weights`` (the others 1).
 
     ``max_length`` counts every token including image tokens. Over it, the default is a clear
     error; ``truncate_response=True`` cuts the response instead (never the prompt or its image
@@ -162,8 +169,19 @@ def encode(
     imgs, frames = images if images is not None else _images_for(record, media_root)
     prompt, completion = render(processor, record, text)
     prompt_ex = _encode_prompt(record, prompt, processor, imgs, frames)
+    span_arg = None
+    if weight_spans is not None and weight_spans[0]:
+        assert text is not None, "weight_spans need a response"
+        span_arg = (text, weight_spans[0], weight_spans[1])
     return _with_completion(
-        record, prompt_ex, completion, processor, max_length, truncate_response, field_name
+        record,
+        prompt_ex,
+        completion,
+        processor,
+        max_length,
+        truncate_response,
+        field_name,
+        span_arg,
     )
 
 
@@ -269,12 +287,21 @@ def _with_completion(
     max_length: int | None,
     truncate_response: bool,
     field_name: str,
+    weight_spans: tuple[str, Sequence[tuple[int, int]], float] | None = None,
 ) -> Example:
-    """``prompt`` followed by the tokenized ``completion``, labels on the completion only."""
+    """``prompt`` followed by the tokenized ``completion``, labels on the completion only.
+
+    ``weight_spans = (response text, spans in it, w)``: see :func:`encode`."""
     prompt_ids = prompt.input_ids
-    comp_ids = torch.tensor(
-        processor.tokenizer(completion, add_special_tokens=False)["input_ids"], dtype=torch.long
-    )
+    if weight_spans is None:
+        tok = processor.tokenizer(completion, add_special_tokens=False)
+    else:
+        # The same tokenizer call plus character offsets (fast tokenizers only), so the
+        # weighted tokens are exactly the ones trained.
+        if not getattr(processor.tokenizer, "is_fast", False):
+            raise ValueError("weighted label spans need a fast tokenizer (character offsets)")
+        tok = processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    comp_ids = torch.tensor(tok["input_ids"], dtype=torch.long)
     total = len(prompt_ids) + len(comp_ids)
     if max_length is not None and total > max_length:
         if not truncate_response or len(prompt_ids) >= max_length:
@@ -286,6 +313,18 @@ def _with_completion(
             )
         comp_ids = comp_ids[: max_length - len(prompt_ids)]
 
+    weights = None
+    if weight_spans is not None:
+        text, spans, w = weight_spans
+        at = completion.find(text)
+        if at < 0:
+            raise RecordError(
+                field_name, "the chat template changed the response text", source=record.id
+            )
+        weights = torch.ones(len(prompt_ids) + len(comp_ids))
+        for k, (a, b) in enumerate(tok["offset_mapping"][: len(comp_ids)]):
+            if any(a < at + e and at + s < b for s, e in spans):
+                weights[len(prompt_ids) + k] = w
     input_ids = torch.cat([prompt_ids, comp_ids])
     labels = input_ids.clone()
     labels[: len(prompt_ids)] = IGNORE_INDEX
@@ -301,6 +340,7 @@ def _with_completion(
         prompt_length=len(prompt_ids),
         vision=prompt.vision,
         extra_token_tensors=extra,
+        label_weights=weights,
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -308,6 +309,7 @@ def encode_for_reward(
     max_length: int | None = None,
     truncate_response: bool = False,
     media: tuple[list[Any], list[Any]] | None = None,
+    focus: tuple[re.Pattern[str], float] | None = None,
 ) -> list[Example]:
     """Encode each of ``responses`` of ``record`` for scoring; the record's media is loaded once.
 
@@ -315,6 +317,8 @@ def encode_for_reward(
     scores with an empty critique). ``None`` for the critique type means "generation prompt":
     the example ends where the critique would start and has no labelled tokens. ``reference``:
     the record's reference answer (reference-guided critique RM), the same for every response.
+    ``focus = (pattern, w)``: the critique tokens inside :func:`focus_spans` get weight ``w``
+    in ``Example.label_weights`` (the critique RM's ``rm.critique_focus``).
     """
     if spec.type == "critique" and critiques is None:
         raise ValueError("the critique reward model needs critiques (None: generation prompt)")
@@ -324,6 +328,9 @@ def encode_for_reward(
         crit = critiques[i] if critiques is not None else None
         prompt, completion = scoring_record(record, text, spec, crit, reference)
         gen_prompt = spec.type == "critique" and crit is None
+        spans = None
+        if focus is not None and crit:
+            spans = (focus_spans(focus[0], crit), focus[1])
         out.append(
             encode(
                 prompt,
@@ -332,8 +339,26 @@ def encode_for_reward(
                 images=media,
                 max_length=max_length,
                 truncate_response=truncate_response,
+                weight_spans=spans,
             )
         )
+    return out
+
+
+def focus_spans(pattern: re.Pattern[str], text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of ``pattern`` in ``text``: for every match, the spans of
+    its groups that took part, or the whole match for a pattern without groups.
+
+    >>> p = re.compile(r"answers ([0-9]), which is (right|wrong)")
+    >>> focus_spans(p, "It answers 2, which is right.")
+    [(11, 12), (23, 28)]
+    """
+    out = []
+    for m in pattern.finditer(text):
+        if pattern.groups:
+            out += [m.span(g) for g in range(1, pattern.groups + 1) if m.start(g) >= 0]
+        elif m.end() > m.start():
+            out.append(m.span())
     return out
 
 
@@ -443,7 +468,8 @@ class RewardModel(nn.Module):
         tokens with ``lm=True``). ``score_grad`` scales the gradient that flows from the rewards
         into the backbone (the head always gets all of it): the forward values are unchanged,
         ``h_read = s * h + (1 - s) * stop_grad(h)``; 0 trains the backbone by the LM loss alone.
-        ``lm_weight [B]``: each row's weight on its tokens' LM loss (default 1)."""
+        ``lm_weight [B]``: each row's weight on its tokens' LM loss (default 1); ``[B, T]``: each
+        labelled token's weight, aligned with ``batch["labels"]``."""
         hidden = self.hidden_states(batch)  # [B, T, H]
         idx = last_token_index(batch["attention_mask"])  # [B]
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, H]
@@ -468,7 +494,11 @@ class RewardModel(nn.Module):
         else:
             ce = F.cross_entropy(logits, target, reduction="none")  # [M]
             if lm_weight is not None:
-                ce = ce * lm_weight.to(ce.dtype)[:, None].expand_as(mask)[mask]
+                w = lm_weight.to(ce.dtype)
+                # [B]: one weight per row; [B, T]: per token, aligned with labels (the weight of
+                # predicting label t sits at t, as the label does)
+                w = w[:, None].expand_as(mask) if w.dim() == 1 else w[:, 1:]
+                ce = ce * w[mask]
             loss_sum = ce.sum()
         correct = int((logits.argmax(-1) == target).sum()) if len(target) else 0
         return RewardOutput(rewards, loss_sum, int(mask.sum()), correct)

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -142,6 +143,16 @@ class RMConfig:
     centring: float = opt(0.01, "Weight c of c * mean((r_chosen + r_rejected)^2) (MM-RLHF: 0.01).")
     tie_weight: float = opt(1.0, "Weight of mean((r_a - r_b)^2) over tie pairs (data.ties=keep).")
     lambda_critique: float = opt(1.0, "critique RM: weight of the token-mean LM loss on critiques.")
+    critique_focus: str = opt(
+        "",
+        "critique RM: a regular expression searched in each training critique; the critique "
+        "tokens inside its matches (inside its groups where it has groups) weigh "
+        "critique_focus_weight in the LM term, e.g. the verdict word, which is one token of a "
+        "critique's thirty and otherwise gets a thirtieth of the gradient. Empty: every token 1.",
+    )
+    critique_focus_weight: float = opt(
+        1.0, "critique RM: the LM-loss weight of a token inside critique_focus (others 1)."
+    )
     critique_dropout: float = opt(
         0.0,
         "critique RM: probability that a response is scored with an empty critique in a training "
@@ -164,6 +175,15 @@ class RMConfig:
             out.append(f"reference_weight must be >= 0, got {self.reference_weight}")
         if not 0 <= self.critique_dropout < 1:
             out.append(f"critique_dropout must be in [0, 1), got {self.critique_dropout}")
+        if self.critique_focus_weight < 0:
+            out.append(f"critique_focus_weight must be >= 0, got {self.critique_focus_weight}")
+        if self.critique_focus:
+            if self.type != "critique":
+                out.append("critique_focus needs rm.type=critique")
+            try:
+                re.compile(self.critique_focus)
+            except re.error as e:
+                out.append(f"critique_focus is not a regular expression: {e}")
         return out
 
     def spec(self) -> RewardSpec:
@@ -345,8 +365,10 @@ class RMDataset(Dataset):
         critique_dropout: float = 0.0,
         seed: int = 0,
         train_reference: bool = False,
+        focus: tuple[re.Pattern[str], float] | None = None,
     ) -> None:
         self.items, self.processor, self.media_root = items, processor, media_root
+        self.focus = focus
         self.train_reference = train_reference
         self.spec, self.data, self.critique_mode = spec, data, critique_mode
         self.critique_dropout, self.seed = critique_dropout, seed
@@ -381,6 +403,7 @@ class RMDataset(Dataset):
             media=media,
             max_length=self.data.max_length,
             truncate_response=self.data.truncate_response,
+            focus=self.focus,
         )
         for ex, d in zip(exs, dropped, strict=True):
             if d:  # scored with an empty critique: nothing to learn to write
@@ -420,6 +443,13 @@ def collate_items(batch: list[tuple[list[Example], RMItem]], pad_id: int) -> dic
         ta += [off + a for a in it.tie_a]
         tb += [off + b for b in it.tie_b]
     out = collate(exs, pad_id)
+    token_weight = None
+    if any(e.label_weights is not None for e in exs):
+        # [B, T] aligned with out["labels"] (right padding, as collate pads)
+        token_weight = torch.ones(out["labels"].shape)
+        for i, e in enumerate(exs):
+            if e.label_weights is not None:
+                token_weight[i, : len(e.label_weights)] = e.label_weights
     out["pairs"] = {
         "chosen": torch.tensor(ch, dtype=torch.long),
         "rejected": torch.tensor(rj, dtype=torch.long),
@@ -429,7 +459,31 @@ def collate_items(batch: list[tuple[list[Example], RMItem]], pad_id: int) -> dic
         "item": torch.tensor(owner, dtype=torch.long),  # [P] which record of the batch
         "reference_rows": torch.tensor(ref_rows, dtype=torch.bool),  # [B]
     }
+    if token_weight is not None:
+        out["pairs"]["token_weight"] = token_weight  # [B, T] (rm.critique_focus)
     return out
+
+
+def _focus(rm: RMConfig, items: list[RMItem], path: str) -> tuple[re.Pattern[str], float] | None:
+    """``rm.critique_focus`` compiled, after counting the training critiques it matches (logged;
+    a pattern that matches none is a configuration error, not a silent no-op)."""
+    if not rm.critique_focus:
+        return None
+    pattern = re.compile(rm.critique_focus)
+    crits = [c for it in items for c in it.critiques if c]
+    hits = sum(1 for c in crits if pattern.search(c))
+    if not hits:
+        raise ValueError(
+            f"{path}: rm.critique_focus {rm.critique_focus!r} matches none of the "
+            f"{len(crits)} training critiques"
+        )
+    log.info(
+        "rm.critique_focus matches %d of %d training critiques (weight %g)",
+        hits,
+        len(crits),
+        rm.critique_focus_weight,
+    )
+    return None if rm.critique_focus_weight == 1.0 else (pattern, rm.critique_focus_weight)
 
 
 def _load(path: str, data: RewardDataConfig, limit: int = 0) -> tuple[list[Record], str]:
@@ -514,6 +568,7 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
         train_reference=spec.reference
         and cfg.rm.lambda_critique > 0
         and cfg.rm.reference_weight > 0,
+        focus=_focus(cfg.rm, items, dc.train),
     )
     eval_ds = None
     if dc.eval:
@@ -614,6 +669,9 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
                     lm_weight = (
                         1.0 + (cfg.rm.reference_weight - 1.0) * pairs["reference_rows"].float()
                     )
+                if "token_weight" in pairs:  # [B, T]; a row weight [B] multiplies it
+                    tw = pairs["token_weight"]
+                    lm_weight = tw if lm_weight is None else tw * lm_weight[:, None]
                 with ctx, accelerator.autocast():
                     out = model(b, lm=use_lm, score_grad=cfg.rm.score_grad, lm_weight=lm_weight)
                     r = out.rewards.float()  # [N] one per distinct response
