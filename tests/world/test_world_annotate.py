@@ -537,6 +537,42 @@ def test_critiques_that_state_the_claim_first_keep_every_label(small_world: Worl
     assert n_right > 20 and n_wrong > 5, (n_right, n_wrong)
 
 
+def test_the_reference_configs_critique_focus_is_the_claim_and_verdict(small_world: World) -> None:
+    """configs/world/rm_critique_reference.yaml's rm.critique_focus picks, in every claim-first
+    critique of a short answer, exactly the stated value and the verdict ("2, which is right"),
+    and nothing in the other critiques (descriptions, refusals, harmful requests)."""
+    import re
+
+    from mmrlhf.config import load_config
+    from mmrlhf.models.reward import focus_spans
+    from mmrlhf.training.reward import RewardConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(
+        RewardConfig,
+        root / "configs/world/rm_critique_reference.yaml",
+        ["model.path=m", "data.train=t"],
+    )
+    pattern = re.compile(cfg.rm.critique_focus)
+    recs = annotate_records(
+        _queries(small_world)[:80],
+        small_world,
+        AnnotateConfig(noise=0.0, critique_quotes_question=False, critique_states_claim=True),
+    )
+    n_claim = n_other = 0
+    for rec in recs:
+        for r in rec.responses:
+            spans = focus_spans(pattern, r.critique)
+            m = re.match(r"The response answers (.+?, which is (right|wrong)):", r.critique)
+            if m:
+                n_claim += 1
+                assert [r.critique[a:b] for a, b in spans] == [m.group(1)], r.critique
+            else:
+                n_other += 1
+                assert spans == [], r.critique
+    assert n_claim > 50 and n_other > 50, (n_claim, n_other)
+
+
 def test_tokenizer_corpus_covers_the_annotators_words(world_dir):
     """With the annotation texts the critique vocabulary is whole words; without, the world's
     records alone leave 'request', 'declines', 'Overall' in pieces (what the tiny critique RM
