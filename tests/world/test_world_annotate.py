@@ -405,6 +405,17 @@ def test_cli_round_trip(world_dir: Path, tmp_path: Path) -> None:
     assert any(", which is right: " in c for c in crits)
     assert not any("correctly" in c for c in crits)
     assert not any(f'"{r.query}"' in (x.critique or "") for r in recs for x in r.responses)
+    res = runner.invoke(
+        app,
+        [*args, "--n-queries", "60", "--critique-states-claim", "--critique-states-reference"],
+    )
+    assert res.exit_code == 0, res.output
+    recs, _ = load_records(out2, task="preference")
+    crits = [x.critique or "" for r in recs for x in r.responses]
+    assert any(", the reference answers " in c for c in crits)
+    assert not any(", which is right: " in c for c in crits)
+    res = runner.invoke(app, [*args, "--critique-states-reference"], env={"COLUMNS": "300"})
+    assert res.exit_code != 0 and "needs critique_states_claim" in res.output
 
 
 def test_cli_help_documents_every_option() -> None:
@@ -424,6 +435,7 @@ def test_cli_help_documents_every_option() -> None:
         "--temperatures",
         "--samples-per-temperature",
         "--critique-states-claim",
+        "--critique-states-reference",
     ):
         assert opt in res.output
 
@@ -537,10 +549,53 @@ def test_critiques_that_state_the_claim_first_keep_every_label(small_world: Worl
     assert n_right > 20 and n_wrong > 5, (n_right, n_wrong)
 
 
+def test_critiques_that_state_the_reference_put_the_true_value_beside_the_claim(
+    small_world: World,
+) -> None:
+    """critique_states_reference=True rewrites exactly the claim-first openers: "answers X,
+    which is V: ..." becomes "answers X, the reference answers R, so it is V: ...", R the value
+    the true answer's own critique states; every other text and label stays the same."""
+    import re
+
+    qs = _queries(small_world)[:80]
+    base = dict(noise=0.0, critique_quotes_question=False, critique_states_claim=True)
+    claim = annotate_records(qs, small_world, AnnotateConfig(**base))
+    ref = annotate_records(qs, small_world, AnnotateConfig(**base, critique_states_reference=True))
+    opener = re.compile(r"The response answers (.+?), which is (right|wrong): ")
+    n = 0
+    for a, b in zip(claim, ref, strict=True):
+        truth_value = [
+            m.group(1)
+            for r in a.responses
+            if r.source == "truth" and (m := opener.match(r.critique))
+        ]
+        for ra, rb in zip(a.responses, b.responses, strict=True):
+            assert (ra.text, ra.helpfulness, ra.faithfulness) == (
+                rb.text,
+                rb.helpfulness,
+                rb.faithfulness,
+            )
+            m = opener.match(ra.critique)
+            if not m:
+                assert rb.critique == ra.critique
+                continue
+            n += 1
+            want = (
+                f"The response answers {m.group(1)}, the reference answers {truth_value[0]}, "
+                f"so it is {m.group(2)}: " + ra.critique[m.end() :]
+            )
+            assert rb.critique == want
+        assert a.ranking == b.ranking
+    assert n > 50, n
+    with pytest.raises(ValueError, match="needs critique_states_claim"):
+        AnnotateConfig(critique_states_reference=True)
+
+
 def test_the_reference_configs_critique_focus_is_the_claim_and_verdict(small_world: World) -> None:
     """configs/world/rm_critique_reference.yaml's rm.critique_focus picks, in every claim-first
-    critique of a short answer, exactly the stated value and the verdict ("2, which is right"),
-    and nothing in the other critiques (descriptions, refusals, harmful requests)."""
+    critique of a short answer, exactly the stated value and the verdict ("2, which is right",
+    with --critique-states-reference "2, the reference answers 2, so it is right"), and nothing
+    in the other critiques (descriptions, refusals, harmful requests)."""
     import re
 
     from mmrlhf.config import load_config
@@ -554,23 +609,28 @@ def test_the_reference_configs_critique_focus_is_the_claim_and_verdict(small_wor
         ["model.path=m", "data.train=t"],
     )
     pattern = re.compile(cfg.rm.critique_focus)
-    recs = annotate_records(
-        _queries(small_world)[:80],
-        small_world,
-        AnnotateConfig(noise=0.0, critique_quotes_question=False, critique_states_claim=True),
-    )
+    base = dict(noise=0.0, critique_quotes_question=False, critique_states_claim=True)
+    recs = [
+        *annotate_records(_queries(small_world)[:80], small_world, AnnotateConfig(**base)),
+        *annotate_records(
+            _queries(small_world)[:80],
+            small_world,
+            AnnotateConfig(**base, critique_states_reference=True),
+        ),
+    ]
+    opener = r"The response answers (.+?(?:, which is|, the reference answers .+?, so it is) \w+):"
     n_claim = n_other = 0
     for rec in recs:
         for r in rec.responses:
             spans = focus_spans(pattern, r.critique)
-            m = re.match(r"The response answers (.+?, which is (right|wrong)):", r.critique)
+            m = re.match(opener, r.critique)
             if m:
                 n_claim += 1
                 assert [r.critique[a:b] for a, b in spans] == [m.group(1)], r.critique
             else:
                 n_other += 1
                 assert spans == [], r.critique
-    assert n_claim > 50 and n_other > 50, (n_claim, n_other)
+    assert n_claim > 100 and n_other > 100, (n_claim, n_other)
 
 
 def test_tokenizer_corpus_covers_the_annotators_words(world_dir):

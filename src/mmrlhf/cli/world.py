@@ -200,6 +200,13 @@ def annotate(
         help="Short answers: the critique repeats the response's value before judging it "
         '("answers 2, which is right: ...") instead of opening with the judgement.',
     ),
+    states_reference: bool = typer.Option(
+        False,
+        "--critique-states-reference",
+        help="With --critique-states-claim: the true answer's value beside the claim "
+        '("answers 4, the reference answers 2, so it is wrong: ..."), for the '
+        "reference-guided critique RM.",
+    ),
     weight: list[str] = typer.Option(
         [],
         "--weight",
@@ -262,6 +269,7 @@ def annotate(
             critique_order=critique_order,
             critique_quotes_question=quote_question,
             critique_states_claim=states_claim,
+            critique_states_reference=states_reference,
         )
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
     except ValueError as e:

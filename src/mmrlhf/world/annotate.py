@@ -194,6 +194,13 @@ class AnnotateConfig:
     #: wrong: ..."), so the critic's first decision comes after the claim it judges is written
     #: out. Off: "The response answers the question correctly: ..." decides before any value.
     critique_states_claim: bool = False
+    #: With ``critique_states_claim``: the claim and the true answer's value side by side
+    #: before the verdict ("The response answers 4, the reference answers 2, so it is wrong:
+    #: ..."), for the reference-guided critique RM, whose training reference (the best
+    #: response) states that value: the verdict then compares two values written a few
+    #: tokens back. Twenty-third session (docs/reward.md): bench 0.822 against 0.814, three
+    #: seeds' mean with rm.critique_focus - within the seed spread.
+    critique_states_reference: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -208,6 +215,8 @@ class AnnotateConfig:
         if bad:
             raise ValueError(f"weights must be >= 0: {bad}")
         check_critique_order(self.critique_order)
+        if self.critique_states_reference and not self.critique_states_claim:
+            raise ValueError("critique_states_reference needs critique_states_claim")
 
 
 def parse_weights(items: Iterable[str]) -> dict[str, float]:
@@ -714,6 +723,15 @@ def _stated(record: Record, text: str, cfg: WorldConfig) -> str:
     return '"' + _SENT.split(text.strip())[0].rstrip(".") + '"'
 
 
+def _claim(record: Record, text: str, truth: str, cfg: WorldConfig, reference: bool) -> str:
+    """A short answer's claim up to its verdict word: "4, which is" or, with ``reference``,
+    "4, the reference answers 2, so it is"."""
+    stated = _stated(record, text, cfg)
+    if not reference:
+        return f"{stated}, which is"
+    return f"{stated}, the reference answers {_stated(record, truth, cfg)}, so it is"
+
+
 def judge_response(
     record: Record,
     text: str,
@@ -722,10 +740,13 @@ def judge_response(
     truth: str | None = None,
     quote: bool = True,
     claim: bool = False,
+    reference: bool = False,
 ) -> Judgement:
     """Score one answer as the noise-free annotator (module docstring for the rules).
     ``quote=False`` writes the critique without restating the question; ``claim=True`` opens a
-    right short answer's critique with its value, as a wrong one's (``critique_states_claim``)."""
+    right short answer's critique with its value, as a wrong one's (``critique_states_claim``);
+    ``reference=True`` (with ``claim``) writes the true answer's value beside it
+    (``critique_states_reference``)."""
     cfg = judge.cfg
     truth = truth_text(record, scene) if truth is None else truth
     q = record.query
@@ -843,7 +864,7 @@ def judge_response(
             help_ = 5
             reasons["helpfulness"] = "Answers the question directly."
             opener = (
-                f"{subject} answers {_stated(record, text, cfg)}, which is right: "
+                f"{subject} answers {_claim(record, text, truth, cfg, reference)} right: "
                 if claim
                 else f'The question asks "{q}", and the response answers it correctly: '
                 if quote
@@ -854,7 +875,8 @@ def judge_response(
             help_ = 2
             reasons["helpfulness"] = "Addresses the question but gives a wrong answer."
             crit.append(
-                f"{subject} answers {_stated(record, text, cfg)}, which is wrong: {_lc(truth)}"
+                f"{subject} answers {_claim(record, text, truth, cfg, reference and claim)} "
+                f"wrong: {_lc(truth)}"
             )
         else:
             help_ = 1 if a.refused else 2
@@ -1015,7 +1037,8 @@ def annotate_record(
     seen: set[str] = set()
     items: list[tuple[str, str, Judgement, float]] = []
     quote, claim = cfg.critique_quotes_question, cfg.critique_states_claim
-    truth_j = judge_response(record, truth, scene, judge, truth, quote, claim)
+    ref = cfg.critique_states_reference
+    truth_j = judge_response(record, truth, scene, judge, truth, quote, claim, ref)
     for i, (src, text) in enumerate(pool):
         key = _norm_text(text)
         # an empty model answer cannot be a response (validation rejects empty texts); callers
@@ -1025,7 +1048,7 @@ def annotate_record(
         j = (
             truth_j
             if src == "truth"
-            else judge_response(record, text, scene, judge, truth, quote, claim)
+            else judge_response(record, text, scene, judge, truth, quote, claim, ref)
         )
         handed_in = i >= n_generated
         if not handed_in and not _valid(src, j, truth_j):
