@@ -352,6 +352,8 @@ class RMDataset(Dataset):
     response labelled). It is in no pair; its tokens join the LM term's token mean. Without it
     the critique LM loss alone overwrites the answering skill the reference is written with
     (measured on the world: none of 300 references right after 3200 steps; docs/reward.md).
+    Its tokens weigh ``reference_weight`` (``Example.label_weights``), as ``focus`` weighs
+    the critique tokens it picks (:func:`mmrlhf.models.reward.focus_spans`).
     """
 
     def __init__(
@@ -366,9 +368,10 @@ class RMDataset(Dataset):
         seed: int = 0,
         train_reference: bool = False,
         focus: tuple[re.Pattern[str], float] | None = None,
+        reference_weight: float = 1.0,
     ) -> None:
         self.items, self.processor, self.media_root = items, processor, media_root
-        self.focus = focus
+        self.focus, self.reference_weight = focus, reference_weight
         self.train_reference = train_reference
         self.spec, self.data, self.critique_mode = spec, data, critique_mode
         self.critique_dropout, self.seed = critique_dropout, seed
@@ -409,17 +412,18 @@ class RMDataset(Dataset):
             if d:  # scored with an empty critique: nothing to learn to write
                 ex.labels = torch.full_like(ex.labels, IGNORE_INDEX)
         if self.train_reference:
-            exs.append(
-                encode_reference(
-                    it.record,
-                    self.processor,
-                    self.spec,
-                    it.reference,
-                    media=media,
-                    max_length=self.data.max_length,
-                    truncate_response=self.data.truncate_response,
-                )
+            ref = encode_reference(
+                it.record,
+                self.processor,
+                self.spec,
+                it.reference,
+                media=media,
+                max_length=self.data.max_length,
+                truncate_response=self.data.truncate_response,
             )
+            if self.reference_weight != 1.0:
+                ref.label_weights = torch.full(ref.labels.shape, self.reference_weight)
+            exs.append(ref)
         return exs, it
 
 
@@ -428,14 +432,14 @@ def collate_items(batch: list[tuple[list[Example], RMItem]], pad_id: int) -> dic
 
     Returns the model inputs plus ``pairs``: ``chosen``/``rejected``/``margin``/``item`` ``[P]``
     and ``tie_a``/``tie_b`` ``[T]`` indexing the batch's rows (``item``: the pair's record), and
-    ``reference_rows [B]``: the rows after a record's responses (its reference answer).
+    ``token_weight [B, T]`` where some row has ``label_weights`` (the LM term's weights:
+    rm.critique_focus, rm.reference_weight).
     """
     exs: list[Example] = []
-    ch, rj, mg, ta, tb, owner, ref_rows = [], [], [], [], [], [], []
+    ch, rj, mg, ta, tb, owner = [], [], [], [], [], []
     for k, (e, it) in enumerate(batch):
         off = len(exs)
         exs += e
-        ref_rows += [j >= len(it.texts) for j in range(len(e))]
         ch += [off + c for c in it.chosen]
         rj += [off + r for r in it.rejected]
         mg += it.margin
@@ -457,10 +461,9 @@ def collate_items(batch: list[tuple[list[Example], RMItem]], pad_id: int) -> dic
         "tie_a": torch.tensor(ta, dtype=torch.long),
         "tie_b": torch.tensor(tb, dtype=torch.long),
         "item": torch.tensor(owner, dtype=torch.long),  # [P] which record of the batch
-        "reference_rows": torch.tensor(ref_rows, dtype=torch.bool),  # [B]
     }
     if token_weight is not None:
-        out["pairs"]["token_weight"] = token_weight  # [B, T] (rm.critique_focus)
+        out["pairs"]["token_weight"] = token_weight  # [B, T]
     return out
 
 
@@ -569,6 +572,7 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
         and cfg.rm.lambda_critique > 0
         and cfg.rm.reference_weight > 0,
         focus=_focus(cfg.rm, items, dc.train),
+        reference_weight=cfg.rm.reference_weight,
     )
     eval_ds = None
     if dc.eval:
@@ -664,14 +668,7 @@ def run_reward(cfg: RewardConfig, resume: str | None = None, stop_after: int | N
                 pairs = b.pop("pairs")
                 sync = j == len(micro) - 1
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-                lm_weight = None
-                if cfg.rm.reference_weight != 1.0:
-                    lm_weight = (
-                        1.0 + (cfg.rm.reference_weight - 1.0) * pairs["reference_rows"].float()
-                    )
-                if "token_weight" in pairs:  # [B, T]; a row weight [B] multiplies it
-                    tw = pairs["token_weight"]
-                    lm_weight = tw if lm_weight is None else tw * lm_weight[:, None]
+                lm_weight = pairs.get("token_weight")  # [B, T] or None (all 1)
                 with ctx, accelerator.autocast():
                     out = model(b, lm=use_lm, score_grad=cfg.rm.score_grad, lm_weight=lm_weight)
                     r = out.rewards.float()  # [N] one per distinct response
