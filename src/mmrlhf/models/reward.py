@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from mmrlhf.config import opt, sub
 from mmrlhf.data.record import Record, RecordError, Turn
 from mmrlhf.models.inputs import IGNORE_INDEX, Example, encode, load_media
+from mmrlhf.models.textdiff import reference_diff
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class RewardTemplates:
         "reference-guided critique RM: the user turn after the model's own answer (the "
         "reference) that introduces the response to judge.",
     )
+    diff_label: str = opt(
+        "Differences from your answer:",
+        "reference-guided critique RM with reference_diff: label before the response's "
+        "differences from the reference, after the response.",
+    )
 
 
 @dataclass
@@ -108,6 +114,12 @@ class RewardSpec:
         "that answer in context (MT-Bench's reference-guided judge). Training uses the record's "
         "best-ranked response as the reference and trains the model to write it.",
     )
+    reference_diff: bool = opt(
+        False,
+        "reference type: state the response's claim-level differences from the reference "
+        "next to it (mmrlhf.models.textdiff), so the critic judges a difference instead of "
+        "finding it - a comparison the world's tiny LM does not learn across its context.",
+    )
     writes_reference: bool = opt(
         True,
         "reference type: the model was trained to write its reference (rm.reference_weight > "
@@ -129,6 +141,8 @@ class RewardSpec:
             out.append("facts=true is for the critique type (the fact type always has facts)")
         if self.reference and self.type != "critique":
             out.append("reference=true (reference-guided critique) is for the critique type")
+        if self.reference_diff and not self.reference:
+            out.append("reference_diff=true needs reference=true (a reference to compare with)")
         return out
 
     @classmethod
@@ -142,6 +156,7 @@ class RewardSpec:
             "facts",
             "response_first",
             "reference",
+            "reference_diff",
             "writes_reference",
         )
         known = {k: d[k] for k in keys if k in d}
@@ -265,7 +280,9 @@ def scoring_record(
     ``critique=None`` gives the critique *generation* prompt: completion ``""`` and the caller
     encodes with ``response=None``). The reward is read at the completion's last token.
     ``reference`` (required with ``spec.reference``): the RM's own answer, an assistant turn
-    after the question, then a user turn that introduces the response to judge.
+    after the question, then a user turn that introduces the response to judge; with
+    ``spec.reference_diff`` the response's differences from it (:func:`reference_diff`) follow
+    the response.
     """
     t = spec.templates
     conv = question_turns(record, spec)
@@ -276,18 +293,25 @@ def scoring_record(
                 "(mmrlhf.reward.score generates it)"
             )
         conv += [Turn("assistant", reference), Turn("user", t.reference_intro)]
+    diff = (
+        f"\n\n{t.diff_label} {reference_diff(reference, response)}."
+        if spec.reference_diff and reference is not None
+        else ""
+    )
     critique_text = critique if critique is not None else ""
     if spec.response_first:
         # The judge layout: question, response (and critique request) in one user turn, the
         # labelled part after it - the critique, or for scalar/fact an empty assistant turn
         # whose end-of-turn token is where the reward is read.
-        ask = f"{conv[-1].text}\n\n{t.response_label} {response}"
+        ask = f"{conv[-1].text}\n\n{t.response_label} {response}{diff}"
         if spec.type == "critique":
             ask += f"\n\n{t.critique_request}"
         conv[-1] = Turn("user", ask)
         completion = critique_text if spec.type == "critique" else ""
     elif spec.type == "critique":
-        conv += [Turn("assistant", response), Turn("user", t.critique_request)]
+        # The response is an assistant turn here, so its differences open the critique request.
+        request = f"{diff.lstrip()}\n\n{t.critique_request}" if diff else t.critique_request
+        conv += [Turn("assistant", response), Turn("user", request)]
         completion = critique_text
     else:
         completion = response

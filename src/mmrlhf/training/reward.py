@@ -133,6 +133,11 @@ class RMConfig:
         "best-ranked response is the reference it learns to write, LM loss), then critique the "
         "response with that answer in context (see RewardSpec.reference).",
     )
+    reference_diff: bool = opt(
+        False,
+        "reference-guided critique RM: the response's claim-level differences from the "
+        "reference stated after it in the prompt (see RewardSpec.reference_diff).",
+    )
     reference_weight: float = opt(
         1.0,
         "reference-guided critique RM: weight of a reference-answer token in the LM term "
@@ -194,6 +199,7 @@ class RMConfig:
             facts=self.facts,
             response_first=self.response_first,
             reference=self.reference,
+            reference_diff=self.reference_diff,
             writes_reference=self.reference_weight > 0 and self.lambda_critique > 0,
             templates=self.templates,
         )
