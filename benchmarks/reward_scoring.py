@@ -79,8 +79,10 @@ def bench_scoring(
     batch_size: int,
     max_new_tokens: int,
     reference: bool = False,
+    reference_diff: bool = False,
 ) -> dict:
-    """``reference``: a reference-guided critique RM (it writes one answer per query first)."""
+    """``reference``: a reference-guided critique RM (it writes one answer per query first);
+    ``reference_diff``: its prompts also state each response's differences from that answer."""
     from mmrlhf.models.reward import RewardModel, RewardSpec
     from mmrlhf.reward.score import score_records
 
@@ -89,7 +91,12 @@ def bench_scoring(
     rm = RewardModel.from_pretrained(
         model,
         init_head=True,
-        spec=RewardSpec(type=rm_type, reference=reference, response_first=reference),
+        spec=RewardSpec(
+            type=rm_type,
+            reference=reference,
+            response_first=reference,
+            reference_diff=reference_diff,
+        ),
         device="cpu",
     )
     t0 = time.perf_counter()
@@ -109,6 +116,7 @@ def bench_scoring(
         "type": rm_type,
         "mode": mode,
         **({"reference": True} if reference else {}),
+        **({"reference_diff": True} if reference_diff else {}),
         "responses": n_resp,
         "seconds": round(dt, 2),
         "responses_per_s": round(n_resp / dt, 1),
@@ -185,10 +193,16 @@ def main() -> None:
         data = world_preference_proxy(args.world, tmp / "prefs.jsonl", limit=max(args.records, 400))
         result: dict = {"threads": torch.get_num_threads(), "scoring": [], "training": []}
         for t in types:
-            modes = [("none", False)]
+            modes = [("none", False, False)]
             if t == "critique":
-                modes = [("generate", False), ("generate", True), ("given", False), ("none", False)]
-            for m, ref in modes:
+                modes = [
+                    ("generate", False, False),
+                    ("generate", True, False),
+                    ("generate", True, True),
+                    ("given", False, False),
+                    ("none", False, False),
+                ]
+            for m, ref, diff in modes:
                 result["scoring"].append(
                     bench_scoring(
                         args.model,
@@ -200,6 +214,7 @@ def main() -> None:
                         args.batch_size,
                         args.max_new_tokens,
                         reference=ref,
+                        reference_diff=diff,
                     )
                 )
         for t in types if args.train_steps else []:
