@@ -294,7 +294,7 @@ def scoring_record(
             )
         conv += [Turn("assistant", reference), Turn("user", t.reference_intro)]
     diff = (
-        f"\n\n{t.diff_label} {reference_diff(reference, response)}."
+        f"{t.diff_label} {reference_diff(reference, response)}."
         if spec.reference_diff and reference is not None
         else ""
     )
@@ -303,14 +303,16 @@ def scoring_record(
         # The judge layout: question, response (and critique request) in one user turn, the
         # labelled part after it - the critique, or for scalar/fact an empty assistant turn
         # whose end-of-turn token is where the reward is read.
-        ask = f"{conv[-1].text}\n\n{t.response_label} {response}{diff}"
+        ask = f"{conv[-1].text}\n\n{t.response_label} {response}"
+        if diff:
+            ask += f"\n\n{diff}"
         if spec.type == "critique":
             ask += f"\n\n{t.critique_request}"
         conv[-1] = Turn("user", ask)
         completion = critique_text if spec.type == "critique" else ""
     elif spec.type == "critique":
         # The response is an assistant turn here, so its differences open the critique request.
-        request = f"{diff.lstrip()}\n\n{t.critique_request}" if diff else t.critique_request
+        request = f"{diff}\n\n{t.critique_request}" if diff else t.critique_request
         conv += [Turn("assistant", response), Turn("user", request)]
         completion = critique_text
     else:
